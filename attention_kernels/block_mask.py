@@ -1,0 +1,125 @@
+"""Block-sparse attention masks in the FlexAttention / BSR index layout."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class BlockMask:
+    """Which key blocks each query block attends to.
+
+    Stored per query block as a count and a list of kept key-block indices (the layout of FlexAttention's
+    ``kv_num_blocks`` / ``kv_indices`` and of BSR ``indptr`` / ``indices``):
+
+    - ``kv_num_blocks``: int32 ``[B|1, H|1, QB]``
+    - ``kv_indices``: int32 ``[B|1, H|1, QB, KB]``; the first ``kv_num_blocks`` entries of each row are the kept
+      key blocks in ascending order, the rest are padding (0).
+
+    A size-1 batch or head dimension broadcasts over the attention call. ``QB = ceil(Sq / block_size)`` and
+    ``KB = ceil(Sk / block_size)``: the last block of a sequence may be partial, the kernels mask its tail.
+    """
+
+    def __init__(self, kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor, block_size: int):
+        if kv_num_blocks.dim() != 3 or kv_indices.dim() != 4:
+            raise ValueError(
+                "BlockMask expects kv_num_blocks [B, H, QB] and kv_indices [B, H, QB, KB], got "
+                f"{tuple(kv_num_blocks.shape)} and {tuple(kv_indices.shape)}"
+            )
+        if kv_indices.shape[:3] != kv_num_blocks.shape:
+            raise ValueError("kv_indices and kv_num_blocks disagree on [B, H, QB]")
+        if block_size < 16 or block_size & (block_size - 1):
+            raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+        self.kv_num_blocks = kv_num_blocks.to(torch.int32).contiguous()
+        self.kv_indices = kv_indices.to(torch.int32).contiguous()
+        self.block_size = int(block_size)
+
+    # ----------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dense(cls, mask: torch.Tensor, block_size: int) -> BlockMask:
+        """Build from a boolean block mask ``[B|1, H|1, QB, KB]`` (also accepts ``[QB, KB]``)."""
+        if mask.dtype != torch.bool:
+            raise TypeError(f"BlockMask.from_dense needs a bool tensor, got {mask.dtype}")
+        if mask.dim() == 2:
+            mask = mask[None, None]
+        if mask.dim() != 4:
+            raise ValueError(f"expected a [B, H, QB, KB] block mask, got shape {tuple(mask.shape)}")
+        counts = mask.sum(-1, dtype=torch.int32)
+        # A stable descending sort puts kept blocks first, in ascending index order.
+        order = torch.sort(mask.to(torch.uint8), dim=-1, descending=True, stable=True).indices
+        kb = torch.arange(mask.shape[-1], device=mask.device)
+        indices = torch.where(kb < counts[..., None], order, torch.zeros_like(order))
+        return cls(counts, indices, block_size)
+
+    @classmethod
+    def full(cls, q_blocks: int, k_blocks: int, block_size: int, device=None) -> BlockMask:
+        return cls.from_dense(torch.ones(1, 1, q_blocks, k_blocks, dtype=torch.bool, device=device), block_size)
+
+    def to_dense(self) -> torch.Tensor:
+        """Boolean block mask ``[B|1, H|1, QB, KB]``."""
+        kb = self.kv_indices.shape[-1]
+        valid = torch.arange(kb, device=self.kv_indices.device) < self.kv_num_blocks[..., None]
+        dense = torch.zeros(*self.kv_indices.shape[:3], kb, dtype=torch.bool, device=self.kv_indices.device)
+        dense.scatter_(-1, self.kv_indices.long(), valid)
+        # Padding entries point at block 0 with valid=False; a kept block 0 is scattered as True. scatter_ with
+        # duplicate indices is order-dependent, so OR in the kept block-0 entries explicitly.
+        dense[..., 0] |= ((self.kv_indices == 0) & valid).any(-1)
+        return dense
+
+    def token_mask(self, q_len: int, k_len: int) -> torch.Tensor:
+        """Boolean token mask ``[B|1, H|1, Sq, Sk]`` (the expansion the reference backend uses)."""
+        self.check_lengths(q_len, k_len)
+        bs = self.block_size
+        dense = self.to_dense()
+        return dense.repeat_interleave(bs, dim=-2)[..., :q_len, :].repeat_interleave(bs, dim=-1)[..., :k_len]
+
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.kv_indices.shape)  # type: ignore[return-value]
+
+    @property
+    def num_q_blocks(self) -> int:
+        return self.kv_indices.shape[2]
+
+    @property
+    def num_k_blocks(self) -> int:
+        return self.kv_indices.shape[3]
+
+    @property
+    def density(self) -> float:
+        """Fraction of (query block, key block) pairs kept, averaged over the stored batch and heads."""
+        total = self.kv_num_blocks.numel() * self.num_k_blocks
+        return float(self.kv_num_blocks.sum().item()) / max(total, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.kv_indices.device
+
+    def to(self, device) -> BlockMask:
+        if torch.device(device) == self.device:
+            return self
+        return BlockMask(self.kv_num_blocks.to(device), self.kv_indices.to(device), self.block_size)
+
+    def check_lengths(self, q_len: int, k_len: int) -> None:
+        bs = self.block_size
+        if math.ceil(q_len / bs) != self.num_q_blocks or math.ceil(k_len / bs) != self.num_k_blocks:
+            raise ValueError(
+                f"BlockMask has {self.num_q_blocks}x{self.num_k_blocks} blocks of {bs} tokens, which does not fit "
+                f"query length {q_len} and key length {k_len} (need ceil(S/{bs}) blocks per side)"
+            )
+
+    def check_broadcast(self, batch: int, heads: int) -> None:
+        b, h = self.kv_indices.shape[:2]
+        if b not in (1, batch) or h not in (1, heads):
+            raise ValueError(
+                f"BlockMask batch/head dims {(b, h)} do not broadcast to batch={batch}, heads={heads}; "
+                "use size 1 to share a mask"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockMask(shape={self.shape}, block_size={self.block_size}, density={self.density:.3f}, "
+            f"device={self.device})"
+        )

@@ -1,0 +1,1 @@
+"""Feature caching (TaylorSeer-style); see issue 4."""
