@@ -47,7 +47,9 @@ def _validate(q, k, v, mask, backend):
             "grouped-query attention is not supported)"
         )
     if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k, v must share one dtype of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise TypeError(
+            f"q, k, v must share one dtype of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
     if not (q.device == k.device == v.device):
         raise ValueError("q, k, v must be on one device")
     if backend == "triton" and q.shape[-1] not in TRITON_HEAD_DIMS:

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from accel.attention_kernels import BlockMask, block_sparse_attention, merge_attention
 from accel.attention_kernels.flex import gathered_block_sparse
 from accel.attention_kernels.naive import reference_attention, reference_merge
@@ -117,7 +116,10 @@ FLEX_CASES = [
 @pytest.mark.parametrize(
     "case",
     FLEX_CASES,
-    ids=[f"q{c[0]}_k{c[1]}_d{c[3]}_{str(c[4])[6:]}_bs{c[5]}_{'perhead' if c[6] else 'shared'}" for c in FLEX_CASES],
+    ids=[
+        f"q{c[0]}_k{c[1]}_d{c[3]}_{str(c[4])[6:]}_bs{c[5]}_{'perhead' if c[6] else 'shared'}"
+        for c in FLEX_CASES
+    ],
 )
 def test_flex_backend_matches_reference(case):
     sq, sk, h, d, dtype, bs, per_head, density = case
@@ -125,7 +127,9 @@ def test_flex_backend_matches_reference(case):
     q = torch.randn(1, sq, h, d).to(dtype)
     k, v = torch.randn(1, sk, h, d).to(dtype), torch.randn(1, sk, h, d).to(dtype)
     qb, kb = -(-sq // bs), -(-sk // bs)
-    m = random_block_mask(1, h if per_head else 1, qb, kb, density, bs, empty_rows=(0,) if density < 1 else ())
+    m = random_block_mask(
+        1, h if per_head else 1, qb, kb, density, bs, empty_rows=(0,) if density < 1 else ()
+    )
     out = block_sparse_attention(q, k, v, m, backend="flex")
     ro, rl = reference_attention(q, k, v, m)
     keep = torch.isfinite(rl[0, 0]) if not per_head else torch.isfinite(rl).all(1)[0]

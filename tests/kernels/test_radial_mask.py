@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from accel.attention_kernels import BlockMask, TokenLayout, radial_mask
 
 
@@ -61,7 +60,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    "case", CASES, ids=[f"f{c[0]}_{c[1]}x{c[2]}_bs{c[3]}_decay{c[4]}_sink{c[5]}_thin{c[6]}_{c[8]}" for c in CASES]
+    "case",
+    CASES,
+    ids=[f"f{c[0]}_{c[1]}x{c[2]}_bs{c[3]}_decay{c[4]}_sink{c[5]}_thin{c[6]}_{c[8]}" for c in CASES],
 )
 def test_radial_matches_brute_force(case):
     f, h, w, bs, decay, sink, thin, text_len, text_pos = case

@@ -1,0 +1,157 @@
+"""``accelerate(pipe, preset)`` and ``disable(pipe)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import AccelConfig, RadialConfig, resolve_config
+from .state import Stats
+
+_STATE_ATTR = "_accel_state"
+
+
+@dataclass
+class _Installed:
+    """Everything accelerate() put on a pipeline, so disable() can take exactly that off again."""
+
+    config: AccelConfig
+    spec: Any
+    stats: Stats
+    hooks: list[tuple[Any, str]] = field(default_factory=list)  # (module, hook name)
+    call_sites: list[str] = field(default_factory=list)
+    transformers: list[Any] = field(default_factory=list)
+
+
+def _method_for(config) -> Any:
+    if isinstance(config, RadialConfig):
+        from .radial import RadialMethod
+
+        return RadialMethod(config)
+    raise TypeError(f"no attention method for {type(config).__name__}")
+
+
+def _transformers(pipe, spec_attrs=("transformer", "transformer_2")):
+    found = [(name, getattr(pipe, name, None)) for name in spec_attrs]
+    return [(n, t) for n, t in found if t is not None]
+
+
+def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
+    """Make ``pipe`` faster in place and return it.
+
+    ``preset`` is a preset name (see :func:`list_presets`; compose with ``'+'``) or an :class:`AccelConfig`.
+    Keyword overrides set fields of the preset's configs, e.g. ``accelerate(pipe, "radial", decay=0.5)``.
+    Undo with :func:`disable`.
+    """
+    from accel.pipelines import spec_for_transformer, supported_models_text
+
+    from . import _diffusers_bridge as bridge
+    from .dispatch import route_attention
+    from .state import LayerPlan
+
+    config = resolve_config(preset, overrides)
+    if getattr(pipe, _STATE_ATTR, None) is not None:
+        raise RuntimeError(
+            "this pipeline is already accelerated; call accel.disable(pipe) before applying another preset"
+        )
+    transformers = _transformers(pipe)
+    if not transformers:
+        raise ValueError(
+            f"{type(pipe).__name__} has no transformer (pipe.transformer / pipe.transformer_2); "
+            f"accel supports diffusers DiT pipelines: {supported_models_text()}"
+        )
+    specs = []
+    for name, module in transformers:
+        if bridge.is_compiled(module):
+            raise RuntimeError(
+                f"pipe.{name} is already compiled with torch.compile; call accel.accelerate(pipe, ...) first and "
+                "compile afterwards (the sparse kernels are compile-friendly custom ops)"
+            )
+        spec = spec_for_transformer(module)
+        if spec is None:
+            raise ValueError(
+                f"{type(pipe).__name__} with {type(module).__name__} is not supported yet; supported models: "
+                f"{supported_models_text()}"
+            )
+        specs.append(spec)
+    spec = specs[0]
+    defaults = spec.defaults(pipe)
+
+    stats = Stats()
+    installed = _Installed(config=config, spec=spec, stats=stats)
+    if config.attention is not None:
+        attn_cfg = config.attention.with_defaults(defaults.get(config.attention.method, {}))
+        installed.config = AccelConfig(attention=attn_cfg, cache=config.cache)
+        method = _method_for(attn_cfg)
+        try:
+            for (name, transformer), tspec in zip(transformers, specs, strict=True):
+                bridge.add_hook(
+                    transformer,
+                    bridge.StepHook(name, tspec.layout_from_inputs, tspec.timestep_from_inputs, pipe),
+                    bridge.STEP_HOOK,
+                )
+                installed.hooks.append((transformer, bridge.STEP_HOOK))
+                for _, layer_index, attn in tspec.self_attention_modules(transformer):
+                    bridge.add_hook(
+                        attn, bridge.LayerHook(LayerPlan(layer_index, method, stats)), bridge.LAYER_HOOK
+                    )
+                    installed.hooks.append((attn, bridge.LAYER_HOOK))
+                bridge.refresh_context_targets(transformer)
+                installed.transformers.append(transformer)
+                if tspec.attention_call_site not in installed.call_sites:
+                    bridge.install_call_site(tspec.attention_call_site, route_attention)
+                    installed.call_sites.append(tspec.attention_call_site)
+        except Exception:
+            _remove(installed)
+            raise
+    if config.cache is not None:
+        raise NotImplementedError("feature caches are not available yet")
+    object.__setattr__(pipe, _STATE_ATTR, installed)
+    return pipe
+
+
+def _remove(installed: _Installed) -> None:
+    from . import _diffusers_bridge as bridge
+
+    for module, name in reversed(installed.hooks):
+        bridge.remove_hook(module, name)
+    for transformer in installed.transformers:
+        bridge.refresh_context_targets(transformer)
+    for site in installed.call_sites:
+        bridge.uninstall_call_site(site)
+    installed.hooks.clear()
+    installed.call_sites.clear()
+
+
+def disable(pipe):
+    """Remove everything :func:`accelerate` installed; the pipeline then computes exactly what it did before.
+
+    Calling it on a pipeline that is not accelerated does nothing. Returns ``pipe``.
+    """
+    installed = getattr(pipe, _STATE_ATTR, None)
+    if installed is None:
+        return pipe
+    _remove(installed)
+    object.__delattr__(pipe, _STATE_ATTR)
+    return pipe
+
+
+def is_accelerated(pipe) -> bool:
+    return getattr(pipe, _STATE_ATTR, None) is not None
+
+
+def accel_config(pipe) -> AccelConfig | None:
+    """The resolved configuration (model defaults filled in) of an accelerated pipeline."""
+    installed = getattr(pipe, _STATE_ATTR, None)
+    return None if installed is None else installed.config
+
+
+def stats(pipe, reset: bool = False) -> dict[str, Any]:
+    """Counts of sparse, dense and fallback attention calls (with reasons) since accelerate or the last reset."""
+    installed = getattr(pipe, _STATE_ATTR, None)
+    if installed is None:
+        raise ValueError("this pipeline is not accelerated; call accel.accelerate(pipe, preset) first")
+    out = installed.stats.as_dict()
+    if reset:
+        installed.stats.reset()
+    return out

@@ -1,0 +1,153 @@
+"""Configuration dataclasses and named presets. Presets are named configs, never code paths."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from accel.attention_kernels.api import BACKENDS
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class RadialConfig:
+    """Radial attention (static energy-decay mask). ``None`` fields take the model's published default.
+
+    - ``decay``: window decay factor (Wan2.1 0.2, Wan2.2 0.8, HunyuanVideo 0.95).
+    - ``dense_step_fraction``: leading fraction of denoising steps run dense (Wan2.1: 12 of 50 = 0.24).
+    - ``dense_layers``: the first N self-attention layers always run dense.
+    - ``sink``: every frame attends densely to the first latent frame.
+    - ``block_size``: tokens per mask block (power of two; 128 matches the kernels' tiles).
+    - ``backend``: ``auto`` | ``triton`` | ``flex`` | ``reference``.
+    - ``max_density``: a mask keeping more than this fraction runs dense instead (sparsity would not pay).
+    - ``min_blocks``: sequences shorter than this many blocks run dense.
+    """
+
+    decay: float | None = None
+    dense_step_fraction: float | None = None
+    dense_layers: int | None = None
+    sink: bool | None = None
+    block_size: int = 128
+    backend: str = "auto"
+    max_density: float = 0.9
+    min_blocks: int = 4
+
+    method = "radial"
+
+    def __post_init__(self):
+        _check(self.decay is None or self.decay > 0, f"radial decay must be > 0, got {self.decay}")
+        _check(
+            self.dense_step_fraction is None or 0.0 <= self.dense_step_fraction <= 1.0,
+            f"dense_step_fraction must be in [0, 1] (a fraction of the steps), got {self.dense_step_fraction}",
+        )
+        _check(self.dense_layers is None or self.dense_layers >= 0, "dense_layers must be >= 0")
+        _check(
+            self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0,
+            f"block_size must be a power of two >= 16, got {self.block_size}",
+        )
+        _check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        _check(0.0 < self.max_density <= 1.0, "max_density must be in (0, 1]")
+        _check(self.min_blocks >= 1, "min_blocks must be >= 1")
+
+    def with_defaults(self, defaults: dict[str, Any]) -> RadialConfig:
+        fill = {k: v for k, v in defaults.items() if getattr(self, k, None) is None}
+        cfg = dataclasses.replace(self, **fill)
+        # Generic fallbacks for a model without published numbers.
+        generic = {"decay": 1.0, "dense_step_fraction": 0.24, "dense_layers": 1, "sink": False}
+        return dataclasses.replace(cfg, **{k: v for k, v in generic.items() if getattr(cfg, k) is None})
+
+
+ATTENTION_CONFIGS: dict[str, type] = {"radial": RadialConfig}
+CACHE_CONFIGS: dict[str, type] = {}
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """What ``accelerate`` installs: an attention method and/or a feature cache (either may be None)."""
+
+    attention: Any = None
+    cache: Any = None
+
+    def __post_init__(self):
+        if self.attention is not None and not isinstance(self.attention, tuple(ATTENTION_CONFIGS.values())):
+            raise TypeError(
+                f"attention must be one of {[c.__name__ for c in ATTENTION_CONFIGS.values()]}, "
+                f"got {type(self.attention).__name__}"
+            )
+        if self.cache is not None and not isinstance(self.cache, tuple(CACHE_CONFIGS.values())):
+            raise TypeError(f"unsupported cache config {type(self.cache).__name__}")
+
+    @property
+    def name(self) -> str:
+        parts = [p.method for p in (self.attention, self.cache) if p is not None]
+        return "+".join(parts) or "dense"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    config: AccelConfig = field(default_factory=AccelConfig)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("dense", "no acceleration (the untouched pipeline)", AccelConfig()),
+        Preset(
+            "radial",
+            "Radial Attention: static O(n log n) energy-decay block mask, dense warm-up steps and first layer",
+            AccelConfig(attention=RadialConfig()),
+        ),
+    )
+}
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description. Presets compose with '+', e.g. ``"radial+taylorseer"``."""
+    return {name: p.description for name, p in PRESETS.items()}
+
+
+def resolve_config(preset: str | AccelConfig, overrides: dict[str, Any]) -> AccelConfig:
+    """Turn a preset name (``"a+b"`` composes) or an AccelConfig plus keyword overrides into an AccelConfig."""
+    if isinstance(preset, AccelConfig):
+        cfg = preset
+    elif isinstance(preset, str):
+        attention = cache = None
+        for part in [p.strip() for p in preset.split("+")]:
+            if part not in PRESETS:
+                raise ValueError(f"unknown preset {part!r}; available presets: {', '.join(sorted(PRESETS))}")
+            sub = PRESETS[part].config
+            if sub.attention is not None:
+                if attention is not None:
+                    raise ValueError(f"preset {preset!r} combines two attention methods; pick one")
+                attention = sub.attention
+            if sub.cache is not None:
+                if cache is not None:
+                    raise ValueError(f"preset {preset!r} combines two caches; pick one")
+                cache = sub.cache
+        cfg = AccelConfig(attention=attention, cache=cache)
+    else:
+        raise TypeError(f"preset must be a preset name or an AccelConfig, got {type(preset).__name__}")
+    if not overrides:
+        return cfg
+    targets = [c for c in (cfg.attention, cfg.cache) if c is not None]
+    remaining = dict(overrides)
+    new = {}
+    for part in targets:
+        names = {f.name for f in dataclasses.fields(part)}
+        mine = {k: remaining.pop(k) for k in list(remaining) if k in names}
+        new[id(part)] = dataclasses.replace(part, **mine) if mine else part
+    if remaining:
+        valid = sorted({f.name for c in targets for f in dataclasses.fields(c)})
+        raise ValueError(
+            f"unknown parameter(s) {sorted(remaining)} for preset {cfg.name!r}; valid parameters: {valid}"
+        )
+    return AccelConfig(
+        attention=new.get(id(cfg.attention), cfg.attention), cache=new.get(id(cfg.cache), cfg.cache)
+    )

@@ -1,0 +1,77 @@
+"""Per-model facts as data: one ModelSpec per supported transformer class."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accel.attention_kernels import TokenLayout
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the plugin needs to know about one DiT family.
+
+    - ``transformer_classes``: class names of the transformer module (matched on ``type(m).__name__``).
+    - ``pipeline_classes``: pipelines known to work (for messages and docs).
+    - ``transformer_attrs``: pipeline attributes that may hold such a transformer (Wan 2.2 has two experts).
+    - ``attention_call_site``: module whose global ``dispatch_attention_fn`` the attention processor calls.
+    - ``self_attention_pattern``: regex over ``named_modules()`` names selecting self-attention modules; its
+      first group is the layer index.
+    - ``text_pos``: where text tokens sit inside self-attention (``"none"`` for Wan: text is cross-attention).
+    - ``layout_from_inputs(transformer, args, kwargs) -> TokenLayout``: the token grid of one forward call.
+    - ``timestep_from_inputs(args, kwargs) -> tensor | None``.
+    - ``cache_module_patterns``: modules a feature cache hooks (attention and feed-forward outputs).
+    - ``opens_cache_context``: whether the pipeline wraps denoiser calls in diffusers' ``cache_context``.
+    - ``defaults(pipe) -> {method: {param: value}}``: published per-model defaults, by attention method.
+    """
+
+    name: str
+    transformer_classes: tuple[str, ...]
+    pipeline_classes: tuple[str, ...]
+    transformer_attrs: tuple[str, ...]
+    attention_call_site: str
+    self_attention_pattern: str
+    layout_from_inputs: Callable[[torch.nn.Module, tuple, dict], TokenLayout]
+    timestep_from_inputs: Callable[[tuple, dict], Any]
+    text_pos: str = "none"
+    cache_module_patterns: tuple[str, ...] = ()
+    opens_cache_context: bool = True
+    defaults: Callable[[Any], dict[str, dict[str, Any]]] = field(default=lambda pipe: {})
+
+    def self_attention_modules(self, transformer: torch.nn.Module) -> list[tuple[str, int, torch.nn.Module]]:
+        """``(name, layer_index, module)`` for every self-attention module of ``transformer``."""
+        pat = re.compile(self.self_attention_pattern)
+        found = []
+        for name, module in transformer.named_modules():
+            m = pat.fullmatch(name)
+            if m:
+                found.append((name, int(m.group(1)), module))
+        return found
+
+
+_REGISTRY: list[ModelSpec] = []
+
+
+def register_spec(spec: ModelSpec) -> ModelSpec:
+    _REGISTRY.append(spec)
+    return spec
+
+
+def supported_specs() -> list[ModelSpec]:
+    return list(_REGISTRY)
+
+
+def spec_for_transformer(transformer: torch.nn.Module) -> ModelSpec | None:
+    cls = type(transformer).__name__
+    for spec in _REGISTRY:
+        if cls in spec.transformer_classes:
+            return spec
+    return None
+
+
+def supported_models_text() -> str:
+    return "; ".join(f"{s.name} ({', '.join(s.pipeline_classes)})" for s in _REGISTRY)

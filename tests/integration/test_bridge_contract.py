@@ -1,0 +1,88 @@
+"""The diffusers internals accel/_diffusers_bridge.py relies on. A failure here means diffusers changed them."""
+
+import dataclasses
+import importlib
+import inspect
+import subprocess
+import sys
+
+import torch
+from accel.pipelines import supported_specs
+
+
+def test_call_sites_have_dispatch_attention_fn_with_expected_keywords():
+    for spec in supported_specs():
+        module = importlib.import_module(spec.attention_call_site)
+        fn = module.dispatch_attention_fn
+        params = inspect.signature(getattr(fn, "__accel_original__", fn)).parameters
+        for name in (
+            "query",
+            "key",
+            "value",
+            "attn_mask",
+            "dropout_p",
+            "is_causal",
+            "scale",
+            "parallel_config",
+        ):
+            assert name in params, f"{spec.attention_call_site}.dispatch_attention_fn lost {name!r}"
+
+
+def test_wan_processor_calls_dispatch_with_keywords_and_parallel_config():
+    from diffusers.models.transformers import transformer_wan
+
+    src = inspect.getsource(transformer_wan.WanAttnProcessor.__call__)
+    assert "dispatch_attention_fn(" in src
+    assert "parallel_config=" in src and "attn_mask=" in src
+    # self-attention is attn1; its forward passes through the processor
+    block_src = inspect.getsource(transformer_wan.WanTransformerBlock.__init__)
+    assert "self.attn1" in block_src and "self.attn2" in block_src
+    assert "patch_size" in inspect.signature(transformer_wan.WanTransformer3DModel.__init__).parameters
+
+
+def test_hook_and_cache_context_api():
+    from diffusers.hooks import HookRegistry, ModelHook
+    from diffusers.hooks.hooks import CacheContext, StateManager, _set_cache_context
+
+    fields = {f.name for f in dataclasses.fields(CacheContext)}
+    assert {"name", "step_index", "num_inference_steps", "sigma"} <= fields
+    sm = StateManager(object)
+    sm.set_context(CacheContext("cond", step_index=3))
+    assert sm._context.step_index == 3
+    for attr in (
+        "register_hook",
+        "remove_hook",
+        "check_if_exists_or_initialize",
+        "invalidate_child_registries_cache",
+    ):
+        assert hasattr(HookRegistry, attr)
+    assert hasattr(ModelHook, "reset_state") and hasattr(ModelHook, "_is_stateful")
+    assert callable(_set_cache_context)
+
+
+def test_new_forward_hook_sees_original_forward_and_removes_cleanly():
+    from accel import _diffusers_bridge as bridge
+
+    class Probe(bridge.ModelHook):
+        def new_forward(self, module, *args, **kwargs):
+            return self.fn_ref.original_forward(*args, **kwargs) * 2
+
+    lin = torch.nn.Linear(2, 2)
+    x = torch.randn(3, 2)
+    want = lin(x)
+    bridge.add_hook(lin, Probe(), "accel.probe")
+    assert torch.equal(lin(x), 2 * want)
+    bridge.remove_hook(lin, "accel.probe")
+    assert torch.equal(lin(x), want)
+    assert not hasattr(lin, "_diffusers_hook") and "forward" not in lin.__dict__
+
+
+def test_import_accel_is_light():
+    code = (
+        "import sys, accel, torch\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('triton', 'comfy') or "
+        "m.startswith('diffusers.models') or m.startswith('diffusers.pipelines')]\n"
+        "assert not heavy, heavy\n"
+        "assert not torch.cuda.is_initialized()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
