@@ -92,9 +92,7 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
                 )
                 installed.hooks.append((transformer, bridge.STEP_HOOK))
                 for _, layer_index, attn in tspec.self_attention_modules(transformer):
-                    bridge.add_hook(
-                        attn, bridge.LayerHook(LayerPlan(layer_index, method, stats)), bridge.LAYER_HOOK
-                    )
+                    bridge.add_hook(attn, bridge.LayerHook(LayerPlan(layer_index, method, stats)), bridge.LAYER_HOOK)
                     installed.hooks.append((attn, bridge.LAYER_HOOK))
                 bridge.refresh_context_targets(transformer)
                 installed.transformers.append(transformer)

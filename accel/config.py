@@ -145,9 +145,5 @@ def resolve_config(preset: str | AccelConfig, overrides: dict[str, Any]) -> Acce
         new[id(part)] = dataclasses.replace(part, **mine) if mine else part
     if remaining:
         valid = sorted({f.name for c in targets for f in dataclasses.fields(c)})
-        raise ValueError(
-            f"unknown parameter(s) {sorted(remaining)} for preset {cfg.name!r}; valid parameters: {valid}"
-        )
-    return AccelConfig(
-        attention=new.get(id(cfg.attention), cfg.attention), cache=new.get(id(cfg.cache), cfg.cache)
-    )
+        raise ValueError(f"unknown parameter(s) {sorted(remaining)} for preset {cfg.name!r}; valid parameters: {valid}")
+    return AccelConfig(attention=new.get(id(cfg.attention), cfg.attention), cache=new.get(id(cfg.cache), cfg.cache))
