@@ -7,6 +7,7 @@ import math
 import torch
 
 from accel.attention_kernels import block_sparse_attention, radial_mask
+from accel.attention_kernels.api import TRITON_HEAD_DIMS
 
 from .config import RadialConfig
 from .state import Stats, StepInfo
@@ -43,5 +44,8 @@ class RadialMethod:
         if mask.density > cfg.max_density:
             stats.add("dense", "mask_too_dense")
             return None
+        backend = cfg.backend
+        if backend == "auto" and q.is_cuda and q.shape[-1] not in TRITON_HEAD_DIMS:
+            backend = "flex"  # head dims the Triton kernel is not built for still get a sparse kernel
         stats.add("sparse", density=mask.density)
-        return block_sparse_attention(q, k, v, mask, scale=scale, backend=cfg.backend)
+        return block_sparse_attention(q, k, v, mask, scale=scale, backend=backend)

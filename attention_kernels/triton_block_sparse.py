@@ -1,0 +1,500 @@
+"""Fused block-sparse flash-attention forward in Triton.
+
+Three layers:
+
+- ``_bsa_fwd_kernel``: the ``@triton.jit`` kernel. One program per (query tile of ``BLOCK_M`` rows, batch*head).
+  It reads its query block's count and kept key-block indices from the :class:`~.block_mask.BlockMask` layout
+  and runs an fp32 online softmax (base 2) over the ``BLOCK_N``-key sub-tiles of the kept blocks only.
+- the launcher (:func:`pick_config`, :func:`kernel_constexprs`, :func:`_launch`): validation, config table,
+  allocation, grid. No autotuning: the config is a pure function of (padded head dim, dtype, mask block size).
+- the public op ``torch.ops.accel.block_sparse_attention_fwd`` (a ``torch.library.custom_op`` with a fake
+  implementation, so ``torch.compile`` sees one opaque node) and its wrapper :func:`triton_block_sparse`.
+
+This module imports triton at import time; the package imports it lazily (only for ``backend="triton"``), so
+``import accel`` never pulls triton in. Under ``TRITON_INTERPRET=1`` the kernel runs on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .block_mask import BlockMask
+
+LOG2E = 1.4426950408889634
+# Head dims are padded to a power of two inside the kernel; these are the paddings the config table covers.
+MAX_HEAD_DIM = 128
+# What the config table is keyed on, i.e. every kernel variant the launcher picks for production masks.
+LAUNCH_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LAUNCH_PADDED_HEAD_DIMS = (64, 128)
+LAUNCH_BLOCK_SIZES = (64, 128)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Kernel
+# ------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _round_to_bf16_grid(x):
+    """Round fp32 to the nearest bf16 value (ties to even), staying fp32.
+
+    The interpreter casts fp32 -> bf16 by truncation (the GPU rounds to nearest), which doubles the output's
+    rounding error; rounding first makes its truncating cast exact. Finite inputs only (the kernel has no NaN).
+    """
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _bsa_fwd_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    LSE,
+    KV_NUM,
+    KV_IDX,
+    stride_qb,
+    stride_qs,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_ob,
+    stride_os,
+    stride_oh,
+    stride_lb,
+    stride_lh,
+    stride_nb,
+    stride_nh,
+    stride_nq,
+    stride_ib,
+    stride_ih,
+    stride_iq,
+    H,
+    Sq,
+    Sk,
+    KB,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPARSE_BLOCK: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """q/k/v/o ``[B, S, H, D]`` with unit stride on D; lse ``[B, H, Sq]`` with unit stride on Sq.
+
+    ``qk_scale`` is ``scale * log2(e)``: scores live in base-2 units until the LSE is written.
+    ``EVEN_K``: ``Sk % BLOCK_N == 0`` (no key-tail masking). ``UPCAST``: feed fp32 to ``tl.dot`` (interpreter).
+    ``IEEE``: exact fp32 dots (fp32 inputs on GPU).
+    """
+    SUB: tl.constexpr = SPARSE_BLOCK // BLOCK_N  # key sub-tiles per sparse block
+    PAD_D: tl.constexpr = BLOCK_D != HEAD_DIM
+
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // H
+    off_h = pid_bh % H
+    start_m = pid_m * BLOCK_M
+    qb = start_m // SPARSE_BLOCK  # BLOCK_M divides SPARSE_BLOCK: the tile lies in one query block
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = (start_m + offs_m) < Sq
+    d_ok = offs_d < HEAD_DIM
+
+    # 64-bit scalar bases; the per-tile offsets below stay small enough for 32 bits.
+    b64 = off_b.to(tl.int64)
+    h64 = off_h.to(tl.int64)
+    q_ptrs = (
+        Q
+        + b64 * stride_qb
+        + h64 * stride_qh
+        + start_m.to(tl.int64) * stride_qs
+        + (offs_m[:, None] * stride_qs + offs_d[None, :])
+    )
+    if PAD_D:
+        q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = K + b64 * stride_kb + h64 * stride_kh
+    v_base = V + b64 * stride_vb + h64 * stride_vh
+
+    # This query block's kept key blocks.
+    count = tl.load(KV_NUM + off_b * stride_nb + off_h * stride_nh + qb * stride_nq)
+    count = tl.minimum(count, KB)
+    idx_row = KV_IDX + b64 * stride_ib + h64 * stride_ih + qb * stride_iq
+    # Indices are ascending, so sub-tiles wholly past Sk can only sit at the end of the last kept block: trim
+    # them from the trip count. (Correct for any order: the key mask below still covers every tile.)
+    last = tl.load(idx_row + tl.maximum(count - 1, 0), mask=count > 0, other=0)
+    last_len = tl.minimum(Sk - last * SPARSE_BLOCK, SPARSE_BLOCK)
+    n_iter = tl.where(count > 0, (count - 1) * SUB + (last_len + BLOCK_N - 1) // BLOCK_N, 0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # One flat loop over (kept block, sub-tile) so the pipeliner sees a single innermost loop.
+    for it in range(0, n_iter):
+        kb = tl.load(idx_row + it // SUB)
+        start_n = kb * SPARSE_BLOCK + (it % SUB) * BLOCK_N
+        kt_ptrs = k_base + start_n.to(tl.int64) * stride_ks + (offs_n[None, :] * stride_ks + offs_d[:, None])
+        v_ptrs = v_base + start_n.to(tl.int64) * stride_vs + (offs_n[:, None] * stride_vs + offs_d[None, :])
+        if EVEN_K:
+            if PAD_D:
+                kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+            else:
+                kt = tl.load(kt_ptrs)
+                v = tl.load(v_ptrs)
+        else:
+            key_ok = (start_n + offs_n) < Sk
+            if PAD_D:
+                kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0.0)
+                v = tl.load(v_ptrs, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+            else:
+                kt = tl.load(kt_ptrs, mask=key_ok[None, :], other=0.0)
+                v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+        if IEEE:
+            s = tl.dot(q, kt, input_precision="ieee")
+        else:
+            s = tl.dot(q, kt)
+        s = s * qk_scale
+        if not EVEN_K:
+            s = tl.where(key_ok[None, :], s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row that has seen only masked keys keeps m = -inf; shift by 0 so exp2 gives 0, not NaN.
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if UPCAST:  # interpreter: P@V in fp32 (as PyTorch's CPU attention does)
+            v = v.to(tl.float32)
+        else:  # GPU: P in the input dtype for the tensor-core P@V (a no-op for fp32)
+            p = p.to(V.dtype.element_ty)
+        if IEEE:
+            acc = tl.dot(p, v, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(p, v, acc)
+        m_i = m_new
+
+    empty = l_i == 0.0  # no kept key: zeros and LSE -inf
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+
+    if UPCAST and Out.dtype.element_ty == tl.bfloat16:
+        out = _round_to_bf16_grid(out)
+    o_ptrs = (
+        Out
+        + b64 * stride_ob
+        + h64 * stride_oh
+        + start_m.to(tl.int64) * stride_os
+        + (offs_m[:, None] * stride_os + offs_d[None, :])
+    )
+    if PAD_D:
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    else:
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    lse_ptrs = LSE + b64 * stride_lb + h64 * stride_lh + start_m + offs_m
+    tl.store(lse_ptrs, lse, mask=row_ok)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Launcher
+# ------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KernelConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """The power of two the kernel pads D to (at least 16, the smallest ``tl.dot`` K on a GPU)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+# GPU config table: (dtype class, padded head dim row, mask block size row) -> tiles. Chosen for H100 and checked
+# for A100 too (tests/kernels/test_triton_aot.py): every entry compiles for sm_80 and sm_90 within shared memory
+# and without register spills for D = 64 and 128 (sm_80 ptxas spills 16 bytes in four D=80/96 variants).
+# 128-row tiles take 8 warps (4 warps hit 255 registers and spill). fp32 runs exact IEEE dots on CUDA cores,
+# whose operands live in registers, hence its small tiles (64x64 fp32 tiles spill kilobytes).
+_GPU_CONFIGS = {
+    ("half", 64, 128): KernelConfig(128, 64, 8, 3),
+    ("half", 64, 64): KernelConfig(64, 64, 4, 3),
+    ("half", 128, 128): KernelConfig(128, 64, 8, 3),
+    ("half", 128, 64): KernelConfig(64, 64, 8, 3),
+    ("fp32", 64, 128): KernelConfig(64, 32, 8, 2),
+    ("fp32", 64, 64): KernelConfig(64, 32, 8, 2),
+    ("fp32", 128, 128): KernelConfig(32, 32, 8, 2),
+    ("fp32", 128, 64): KernelConfig(32, 32, 8, 2),
+}
+_INTERPRETER_CONFIG = KernelConfig(64, 64, 4, 1)
+
+
+def pick_config(block_d: int, dtype: torch.dtype, block_size: int, interpret: bool | None = None) -> KernelConfig:
+    """Tile config for a padded head dim, dtype and mask block size (no autotuning: a fixed table).
+
+    Head dims up to 64 use the D=64 row, larger ones the D=128 row; mask blocks of 128 or more the 128 row,
+    smaller ones the 64 row with tiles clamped to the block (the kernel needs BLOCK_M and BLOCK_N to divide the
+    mask block) and warps cut to the clamped tile. Under the interpreter: 64x64 tiles (clamped likewise),
+    which keeps the numpy work per step large and the step count small.
+    """
+    if interpret is None:
+        interpret = interpreting()
+    if interpret:
+        cfg = _INTERPRETER_CONFIG
+    else:
+        kind = "fp32" if dtype == torch.float32 else "half"
+        cfg = _GPU_CONFIGS[(kind, 64 if block_d <= 64 else 128, 128 if block_size >= 128 else 64)]
+    block_m = min(cfg.block_m, block_size)
+    block_n = min(cfg.block_n, block_size)
+    num_warps = cfg.num_warps
+    if (block_m, block_n) != (cfg.block_m, cfg.block_n):
+        num_warps = max(1, min(num_warps, block_m // 16))
+    return KernelConfig(block_m, block_n, num_warps, cfg.num_stages)
+
+
+def kernel_constexprs(
+    dtype: torch.dtype,
+    head_dim: int,
+    block_size: int,
+    seq_k: int,
+    interpret: bool | None = None,
+) -> tuple[dict, KernelConfig]:
+    """The constexpr arguments and launch config the launcher uses for one call (shared with the AOT test)."""
+    if interpret is None:
+        interpret = interpreting()
+    block_d = padded_head_dim(head_dim)
+    cfg = pick_config(block_d, dtype, block_size, interpret)
+    constexprs = dict(
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        SPARSE_BLOCK=block_size,
+        EVEN_K=seq_k % cfg.block_n == 0,
+        # The interpreter's bf16 dots are wrong: it gets fp32 operands (and keeps P in fp32) for half types.
+        UPCAST=bool(interpret and dtype != torch.float32),
+        IEEE=bool(dtype == torch.float32 and not interpret),
+    )
+    return constexprs, cfg
+
+
+def launch_specializations(head_dims: tuple[int, ...] = LAUNCH_PADDED_HEAD_DIMS) -> list[dict]:
+    """Every (dtype, head dim, mask block size, EVEN_K) kernel variant the launcher picks on a GPU.
+
+    The config table is keyed on the padded head dim, so the default head dims (64, 128) cover every config;
+    pass e.g. ``(72, 80, 88, 96)`` for the D-masked variants (same configs, separate compiles). Each entry:
+    ``dtype``, ``head_dim``, ``block_d``, ``block_size``, ``even_k``, ``seq_k`` (a key length giving that
+    ``EVEN_K``), ``constexprs`` and ``config``.
+    """
+    specs = []
+    for dtype in LAUNCH_DTYPES:
+        for head_dim in head_dims:
+            for block_size in LAUNCH_BLOCK_SIZES:
+                for even_k in (False, True):
+                    seq_k = 4 * block_size + (0 if even_k else 1)
+                    constexprs, cfg = kernel_constexprs(dtype, head_dim, block_size, seq_k, interpret=False)
+                    specs.append(
+                        dict(
+                            dtype=dtype,
+                            head_dim=head_dim,
+                            block_d=constexprs["BLOCK_D"],
+                            block_size=block_size,
+                            even_k=even_k,
+                            seq_k=seq_k,
+                            constexprs=constexprs,
+                            config=cfg,
+                        )
+                    )
+    return specs
+
+
+def _check_inputs(q, k, v, kv_num_blocks, kv_indices, block_size: int) -> None:
+    """Shape/dtype/device checks that need no data (so the fake implementation runs them too)."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"block_sparse_attention_fwd: q, k, v must be [B, S, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    B, Sq, H, D = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[2:] != (H, D):
+        raise ValueError(
+            f"block_sparse_attention_fwd: k {tuple(k.shape)} and v {tuple(v.shape)} must be [B, Sk, H, D] "
+            f"matching q {tuple(q.shape)}"
+        )
+    if q.dtype not in LAUNCH_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(
+            f"block_sparse_attention_fwd: q, k, v must share one of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if not 1 <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"block_sparse_attention_fwd: head dim must be in [1, {MAX_HEAD_DIM}], got {D}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_sparse_attention_fwd: block_size must be a power of two >= 16, got {block_size}")
+    if kv_num_blocks.dim() != 3 or kv_indices.dim() != 4 or kv_indices.shape[:3] != kv_num_blocks.shape:
+        raise ValueError(
+            "block_sparse_attention_fwd: expected kv_num_blocks [B|1, H|1, QB] and kv_indices [B|1, H|1, QB, KB], "
+            f"got {tuple(kv_num_blocks.shape)} and {tuple(kv_indices.shape)}"
+        )
+    if kv_num_blocks.dtype != torch.int32 or kv_indices.dtype != torch.int32:
+        raise TypeError(
+            f"block_sparse_attention_fwd: mask tensors must be int32, got {kv_num_blocks.dtype}, {kv_indices.dtype}"
+        )
+    mb, mh, qblocks, kblocks = kv_indices.shape
+    Sk = k.shape[1]
+    # Integer ceil-division, so the fake implementation also works with symbolic sizes.
+    if qblocks != -(-Sq // block_size) or kblocks != -(-Sk // block_size):
+        raise ValueError(
+            f"block_sparse_attention_fwd: mask has {qblocks}x{kblocks} blocks of {block_size}, which does not fit "
+            f"Sq={Sq}, Sk={Sk}"
+        )
+    if mb not in (1, B) or mh not in (1, H):
+        raise ValueError(
+            f"block_sparse_attention_fwd: mask batch/head dims {(mb, mh)} do not broadcast to B={B}, H={H}"
+        )
+    if B * H > 65535:
+        raise ValueError(f"block_sparse_attention_fwd: B*H = {B * H} exceeds the launch grid limit 65535")
+    devices = {t.device for t in (q, k, v, kv_num_blocks, kv_indices)}
+    if len(devices) != 1:
+        raise ValueError(f"block_sparse_attention_fwd: all tensors must be on one device, got {devices}")
+
+
+def kernel_args(q, k, v, out, lse, kv_num_blocks, kv_indices, scale: float) -> list:
+    """The kernel's non-constexpr arguments, in order (shared with the AOT test, which passes meta tensors)."""
+
+    def bstride(t, dim):  # broadcast mask dims are read with stride 0
+        return 0 if t.shape[dim] == 1 else t.stride(dim)
+
+    B, Sq, H, _ = q.shape
+    return [
+        q,
+        k,
+        v,
+        out,
+        lse,
+        kv_num_blocks,
+        kv_indices,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *out.stride()[:3],
+        lse.stride(0),
+        lse.stride(1),
+        bstride(kv_num_blocks, 0),
+        bstride(kv_num_blocks, 1),
+        kv_num_blocks.stride(2),
+        bstride(kv_indices, 0),
+        bstride(kv_indices, 1),
+        kv_indices.stride(2),
+        H,
+        Sq,
+        k.shape[1],
+        kv_indices.shape[3],
+        float(scale) * LOG2E,
+    ]
+
+
+def _launch(q, k, v, kv_num_blocks, kv_indices, block_size: int, scale: float, config: KernelConfig | None = None):
+    """Validate, allocate and launch. ``config`` overrides the table (tests use it to run GPU tiles on CPU)."""
+    _check_inputs(q, k, v, kv_num_blocks, kv_indices, block_size)
+    interpret = interpreting()
+    if q.device.type != "cuda" and not interpret:
+        raise ValueError(
+            "block_sparse_attention_fwd: the Triton kernel needs CUDA tensors, or TRITON_INTERPRET=1 (set before "
+            f"triton is imported) to run on {q.device.type}"
+        )
+    B, Sq, H, D = q.shape
+    Sk = k.shape[1]
+    # Only D needs unit stride (the kernel addresses everything else through strides).
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if kv_indices.stride(-1) != 1:
+        kv_indices = kv_indices.contiguous()
+
+    out = torch.empty((B, Sq, H, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
+    if B * H * Sq == 0:
+        return out, lse
+    if Sk == 0:  # no keys at all: every row is empty
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return out, lse
+
+    constexprs, cfg = kernel_constexprs(q.dtype, D, block_size, Sk, interpret)
+    if config is not None:
+        if block_size % config.block_m or block_size % config.block_n:
+            raise ValueError(f"config {config} tiles must divide the mask block size {block_size}")
+        cfg = config
+        constexprs.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_K=Sk % cfg.block_n == 0)
+
+    grid = (triton.cdiv(Sq, cfg.block_m), B * H)
+    on_device = torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext()
+    with on_device:  # Triton launches on the current CUDA device
+        _bsa_fwd_kernel[grid](
+            *kernel_args(q, k, v, out, lse, kv_num_blocks, kv_indices, scale),
+            **constexprs,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+    return out, lse
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Public op
+# ------------------------------------------------------------------------------------------------------------
+def _block_sparse_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    block_size: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse attention forward: ``(out [B, Sq, H, D] in q.dtype, lse [B, H, Sq] fp32 natural log)``."""
+    return _launch(q, k, v, kv_num_blocks, kv_indices, block_size, scale)
+
+
+def _block_sparse_attention_fwd_fake(q, k, v, kv_num_blocks, kv_indices, block_size, scale):
+    _check_inputs(q, k, v, kv_num_blocks, kv_indices, block_size)
+    B, Sq, H, D = q.shape
+    return q.new_empty((B, Sq, H, D)), q.new_empty((B, H, Sq), dtype=torch.float32)
+
+
+OP_NAME = "accel::block_sparse_attention_fwd"
+# Registered once per process (a second copy of this module, e.g. after importlib.reload, reuses it).
+if not hasattr(torch.ops.accel, "block_sparse_attention_fwd"):
+    block_sparse_attention_fwd = torch.library.custom_op(OP_NAME, mutates_args=())(_block_sparse_attention_fwd)
+    block_sparse_attention_fwd.register_fake(_block_sparse_attention_fwd_fake)
+
+
+def triton_block_sparse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockMask, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]`` -> ``(out [B, Sq, H, D], lse [B, H, Sq] fp32)``."""
+    return torch.ops.accel.block_sparse_attention_fwd(
+        q, k, v, mask.kv_num_blocks, mask.kv_indices, mask.block_size, float(scale)
+    )
