@@ -54,9 +54,7 @@ class BlockMask:
 
     @classmethod
     def full(cls, q_blocks: int, k_blocks: int, block_size: int, device=None) -> BlockMask:
-        return cls.from_dense(
-            torch.ones(1, 1, q_blocks, k_blocks, dtype=torch.bool, device=device), block_size
-        )
+        return cls.from_dense(torch.ones(1, 1, q_blocks, k_blocks, dtype=torch.bool, device=device), block_size)
 
     def to_dense(self) -> torch.Tensor:
         """Boolean block mask ``[B|1, H|1, QB, KB]``."""

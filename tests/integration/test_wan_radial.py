@@ -125,9 +125,7 @@ def test_two_pipelines_are_independent(wan):
         assert torch.equal(run(other), other_ref)
         accelerate(other, "radial", **SMALL)
         disable(other)
-        assert hasattr(
-            sys.modules[WAN_SITE].dispatch_attention_fn, "__accel_original__"
-        )  # still needed by pipe
+        assert hasattr(sys.modules[WAN_SITE].dispatch_attention_fn, "__accel_original__")  # still needed by pipe
     finally:
         disable(pipe)
     _pristine(pipe)
@@ -180,6 +178,4 @@ def test_refuses_after_torch_compile(wan):
         pipe.transformer = original
     assert not accel.is_accelerated(pipe)
     for m in original.modules():
-        assert not [
-            h for h in getattr(m, "_diffusers_hook", type("R", (), {"hooks": {}})).hooks if "accel" in h
-        ]
+        assert not [h for h in getattr(m, "_diffusers_hook", type("R", (), {"hooks": {}})).hooks if "accel" in h]
