@@ -22,9 +22,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
-        # CPU: torch's fused CPU flash kernel over gathered blocks is 2x faster than Inductor's CPU FlexAttention
-        # kernel at radial densities (benchmarks/results), so it is the CPU default; flex serves other devices.
-        return {"cuda": "triton", "cpu": "gather"}.get(device.type, "flex")
+        return "triton" if device.type == "cuda" else "flex"
     if backend == "gather" and device.type != "cpu":
         raise ValueError("backend='gather' runs on CPU only; use 'triton' or 'flex' on this device")
     if backend == "triton" and device.type != "cuda" and not triton_interpreting():
@@ -80,8 +78,9 @@ def block_sparse_attention(
     ``lse [B, H, Sq]`` fp32. A query row with no kept block gives zeros and LSE ``-inf``.
 
     Backends: ``"triton"`` (fused kernel, CUDA or ``TRITON_INTERPRET=1``), ``"flex"`` (torch FlexAttention,
-    compiled), ``"gather"`` (CPU: torch's fused CPU flash kernel over each query block's gathered key blocks),
-    ``"reference"`` (dense fp32, the oracle), ``"auto"`` (triton on CUDA, gather on CPU, flex elsewhere).
+    compiled), ``"gather"`` (CPU: torch's fused CPU flash kernel over each query block's gathered key blocks; it
+    also serves ``return_lse`` for flex on CPU), ``"reference"`` (dense fp32, the oracle), ``"auto"`` (triton on
+    CUDA, flex elsewhere).
     """
     backend = resolve_backend(backend, q.device)
     _validate(q, k, v, mask, backend)

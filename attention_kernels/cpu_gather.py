@@ -1,9 +1,11 @@
 """Block-sparse attention on CPU: gather each query block's kept key blocks, run PyTorch's fused CPU flash kernel.
 
-On CPU, torch's own flash-attention kernel (``_scaled_dot_product_flash_attention_for_cpu``) is much better tuned
-than the kernel Inductor generates for FlexAttention, and it returns the LSE. Query blocks are sorted by how many key
-blocks they keep and processed in small groups: each group gathers its key/value blocks into one contiguous
-sequence and makes one fused call, so work follows the kept blocks, not Sq x Sk.
+Inductor's CPU FlexAttention kernel cannot return the LSE (torch 2.13); torch's own CPU flash kernel
+(``_scaled_dot_product_flash_attention_for_cpu``) can. Query blocks are sorted by how many key blocks they keep and
+processed in small groups: each group gathers its key/value blocks into one contiguous sequence and makes one fused
+call, so work follows the kept blocks, not Sq x Sk. Measured on 2 cores it runs at about flex's speed (slightly
+slower; benchmarks/results/attention_cpu.md): its calls have short query lengths, which the CPU flash kernel tiles
+less efficiently than one long sequence.
 """
 
 from __future__ import annotations
