@@ -8,13 +8,14 @@
 """
 
 from .api import accel_config, accelerate, disable, is_accelerated, stats
-from .config import AccelConfig, RadialConfig, list_presets
+from .config import AccelConfig, RadialConfig, TaylorSeerConfig, list_presets
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccelConfig",
     "RadialConfig",
+    "TaylorSeerConfig",
     "accel_config",
     "accelerate",
     "disable",

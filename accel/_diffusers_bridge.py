@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager, _set_cache_context
 
 from .state import CURRENT_LAYER, CURRENT_STEP, LayerPlan, StepInfo
 
 CALL_SITE_SYMBOL = "dispatch_attention_fn"
 STEP_HOOK = "accel.step"
 LAYER_HOOK = "accel.layer"
+CACHE_HOOK = "accel.cache"
 
 # ----------------------------------------------------------------------------------------------------------------
 # Attention call sites: the model module's global ``dispatch_attention_fn`` is replaced by a router while at least
@@ -120,15 +121,25 @@ class StepHook(ModelHook):
         if index is None:  # no context and no scheduler match: count forwards per branch
             index = self.calls.get(branch, 0)
         self.calls[branch] = self.calls.get(branch, 0) + 1
+        sigma = ctx.sigma if ctx is not None else None
+        if sigma is None:
+            sigma = self._scheduler_sigma(int(index), n)
         return StepInfo(
             step_index=int(index),
             num_steps=n,
             branch=branch,
             layout=self.layout_fn(module, args, kwargs),
             timestep=t_val,
-            sigma=ctx.sigma if ctx is not None else None,
+            sigma=sigma,
             transformer=self.transformer_name,
         )
+
+    def _scheduler_sigma(self, index: int, num_steps: int | None) -> float | None:
+        pipe = self.pipe_ref()
+        sigmas = getattr(getattr(pipe, "scheduler", None), "sigmas", None) if pipe is not None else None
+        if not isinstance(sigmas, torch.Tensor) or num_steps is None or sigmas.numel() < num_steps:
+            return None
+        return float(sigmas[index])
 
     def _scheduler_lookup(self, t_val):
         pipe = self.pipe_ref()
@@ -143,11 +154,17 @@ class StepHook(ModelHook):
         return i, ts.numel()
 
     def new_forward(self, module, *args, **kwargs):
+        # Pipelines that open no cache context (PixArt, ...) get one, so stateful hooks below keep their state.
+        opened = self._context() is None
+        if opened:
+            _set_cache_context(module, CacheContext("default"))
         token = CURRENT_STEP.set(self.step_info(module, args, kwargs))
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:
             CURRENT_STEP.reset(token)
+            if opened:
+                _set_cache_context(module, None)
 
     def reset_state(self, module):
         self.calls.clear()

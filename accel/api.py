@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ class _Installed:
     hooks: list[tuple[Any, str]] = field(default_factory=list)  # (module, hook name)
     call_sites: list[str] = field(default_factory=list)
     transformers: list[Any] = field(default_factory=list)
+    meter: Any = None  # caches.MemoryMeter when a feature cache is installed
 
 
 def _method_for(config) -> Any:
@@ -79,33 +81,85 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
 
     stats = Stats()
     installed = _Installed(config=config, spec=spec, stats=stats)
-    if config.attention is not None:
-        attn_cfg = config.attention.with_defaults(defaults.get(config.attention.method, {}))
-        installed.config = AccelConfig(attention=attn_cfg, cache=config.cache)
-        method = _method_for(attn_cfg)
-        try:
-            for (name, transformer), tspec in zip(transformers, specs, strict=True):
-                bridge.add_hook(
-                    transformer,
-                    bridge.StepHook(name, tspec.layout_from_inputs, tspec.timestep_from_inputs, pipe),
-                    bridge.STEP_HOOK,
-                )
-                installed.hooks.append((transformer, bridge.STEP_HOOK))
+    try:
+        method = attn_cfg = cache_cfg = None
+        if config.attention is not None:
+            attn_cfg = config.attention.with_defaults(defaults.get(config.attention.method, {}))
+            method = _method_for(attn_cfg)
+        if config.cache is not None:
+            cache_cfg = config.cache.with_defaults(defaults.get(config.cache.method, {}))
+        installed.config = AccelConfig(attention=attn_cfg, cache=cache_cfg)
+        if cache_cfg is not None:
+            from accel.caches import CacheSchedule, MemoryMeter
+
+            installed.meter = MemoryMeter()
+            schedule = CacheSchedule(
+                cache_cfg.interval,
+                cache_cfg.warmup_steps,
+                cache_cfg.final_full_steps,
+                force_full=method.requires_full if method is not None else None,
+            )
+        for (name, transformer), tspec in zip(transformers, specs, strict=True):
+            if config.attention is None and config.cache is None:
+                break
+            bridge.add_hook(
+                transformer,
+                bridge.StepHook(name, tspec.layout_from_inputs, tspec.timestep_from_inputs, pipe),
+                bridge.STEP_HOOK,
+            )
+            installed.hooks.append((transformer, bridge.STEP_HOOK))
+            installed.transformers.append(transformer)
+            if method is not None:
                 for _, layer_index, attn in tspec.self_attention_modules(transformer):
                     bridge.add_hook(attn, bridge.LayerHook(LayerPlan(layer_index, method, stats)), bridge.LAYER_HOOK)
                     installed.hooks.append((attn, bridge.LAYER_HOOK))
-                bridge.refresh_context_targets(transformer)
-                installed.transformers.append(transformer)
                 if tspec.attention_call_site not in installed.call_sites:
                     bridge.install_call_site(tspec.attention_call_site, route_attention)
                     installed.call_sites.append(tspec.attention_call_site)
-        except Exception:
-            _remove(installed)
-            raise
-    if config.cache is not None:
-        raise NotImplementedError("feature caches are not available yet")
+            if cache_cfg is not None:
+                for module, hook in _cache_hooks(transformer, tspec, cache_cfg, schedule, stats, installed.meter):
+                    bridge.add_hook(module, hook, bridge.CACHE_HOOK)
+                    installed.hooks.append((module, bridge.CACHE_HOOK))
+            bridge.refresh_context_targets(transformer)
+    except Exception:
+        _remove(installed)
+        raise
     object.__setattr__(pipe, _STATE_ATTR, installed)
     return pipe
+
+
+def _cache_hooks(transformer, spec, cfg, schedule, stats, meter):
+    """(module, hook) pairs of the feature cache for one transformer."""
+    from diffusers.hooks.hooks import StateManager
+
+    from accel.caches import LiteBlockHook, TaylorSeerHook, TaylorState
+    from accel.pipelines.spec import modules_matching
+
+    from .state import CURRENT_STEP
+
+    step_source = CURRENT_STEP.get
+    count = stats.add
+    if not cfg.lite:
+        targets = modules_matching(transformer, spec.cache_module_patterns)
+        if not targets:
+            raise ValueError(f"no cacheable modules found in {type(transformer).__name__} (ModelSpec {spec.name!r})")
+        return [(m, TaylorSeerHook(cfg, schedule, step_source, count, meter)) for _, m in targets]
+    if spec.cache_block_pattern is None:
+        raise ValueError(f"lite caching needs the block pattern of ModelSpec {spec.name!r}")
+    blocks = sorted(
+        (
+            (int(re.fullmatch(spec.cache_block_pattern, n).group(1)), m)
+            for n, m in transformer.named_modules()
+            if re.fullmatch(spec.cache_block_pattern, n)
+        ),
+        key=lambda x: x[0],
+    )
+    shared = StateManager(TaylorState, init_kwargs={"meter": meter})
+    hooks = []
+    for i, (_, block) in enumerate(blocks):
+        pos = "only" if len(blocks) == 1 else "first" if i == 0 else "last" if i == len(blocks) - 1 else "middle"
+        hooks.append((block, LiteBlockHook(cfg, schedule, step_source, count, meter, pos, shared)))
+    return hooks
 
 
 def _remove(installed: _Installed) -> None:
@@ -150,6 +204,9 @@ def stats(pipe, reset: bool = False) -> dict[str, Any]:
     if installed is None:
         raise ValueError("this pipeline is not accelerated; call accel.accelerate(pipe, preset) first")
     out = installed.stats.as_dict()
+    if installed.meter is not None:
+        out["cache_bytes"] = installed.meter.current
+        out["cache_peak_bytes"] = installed.meter.peak
     if reset:
         installed.stats.reset()
     return out

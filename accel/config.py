@@ -62,8 +62,58 @@ class RadialConfig:
         return dataclasses.replace(cfg, **{k: v for k, v in generic.items() if getattr(cfg, k) is None})
 
 
+DISTANCES = ("sigma", "timestep", "step")
+FACTOR_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class TaylorSeerConfig:
+    """TaylorSeer-style feature caching. ``None`` fields take the model's published default.
+
+    On full steps the cached modules (per block: self-attention, cross-attention and feed-forward outputs, from the
+    model's ModelSpec) run and refresh their values and finite differences up to ``order``; on the other steps their
+    outputs are predicted by a Taylor/Newton expansion and the modules do not run at all.
+
+    - ``interval``: a full step every ``interval`` steps after the warm-up (TaylorSeer's N; Wan: 5).
+    - ``order``: highest difference order (0 = reuse the last value; Wan: 1).
+    - ``warmup_steps``: leading steps always computed (TaylorSeer's first_enhance; Wan: 1).
+    - ``final_full_steps``: trailing steps always computed.
+    - ``distance``: what the differences are taken over: ``"sigma"`` (default; falls back to timestep, then step
+      index, when a pipeline does not expose sigmas), ``"timestep"``, or ``"step"`` (TaylorSeer's original
+      step-index expansion).
+    - ``factor_dtype``: storage dtype of the cached factors (None: the module's output dtype).
+    - ``lite``: cache one residual of the whole block stack instead of every module (memory: one tensor per order).
+    """
+
+    interval: int | None = None
+    order: int | None = None
+    warmup_steps: int | None = None
+    final_full_steps: int = 0
+    distance: str = "sigma"
+    factor_dtype: str | None = None
+    lite: bool = False
+
+    method = "taylorseer"
+
+    def __post_init__(self):
+        _check(
+            self.interval is None or self.interval >= 1, f"interval must be >= 1 (1 = no caching), got {self.interval}"
+        )
+        _check(self.order is None or self.order >= 0, f"order must be >= 0, got {self.order}")
+        _check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        _check(self.final_full_steps >= 0, "final_full_steps must be >= 0")
+        _check(self.distance in DISTANCES, f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        _check(self.factor_dtype in FACTOR_DTYPES, f"factor_dtype must be one of {FACTOR_DTYPES}")
+
+    def with_defaults(self, defaults: dict[str, Any]) -> TaylorSeerConfig:
+        fill = {k: v for k, v in defaults.items() if getattr(self, k, None) is None}
+        cfg = dataclasses.replace(self, **fill)
+        generic = {"interval": 5, "order": 1, "warmup_steps": 1}
+        return dataclasses.replace(cfg, **{k: v for k, v in generic.items() if getattr(cfg, k) is None})
+
+
 ATTENTION_CONFIGS: dict[str, type] = {"radial": RadialConfig}
-CACHE_CONFIGS: dict[str, type] = {}
+CACHE_CONFIGS: dict[str, type] = {"taylorseer": TaylorSeerConfig}
 
 
 @dataclass(frozen=True)
@@ -103,6 +153,11 @@ PRESETS: dict[str, Preset] = {
             "radial",
             "Radial Attention: static O(n log n) energy-decay block mask, dense warm-up steps and first layer",
             AccelConfig(attention=RadialConfig()),
+        ),
+        Preset(
+            "taylorseer",
+            "TaylorSeer feature caching: attention/FFN outputs predicted between full steps (compose with '+')",
+            AccelConfig(cache=TaylorSeerConfig()),
         ),
     )
 }

@@ -24,6 +24,10 @@ class RadialMethod:
     def __init__(self, config: RadialConfig):
         self.config = config
 
+    def requires_full(self, step_index: int, num_steps: int | None) -> bool:
+        """Steps a feature cache must compute in full: the dense warm-up must not be approximated at all."""
+        return step_index < dense_steps(self.config.dense_step_fraction, num_steps)
+
     def mask_for(self, step: StepInfo, device: torch.device):
         cfg = self.config
         return radial_mask(step.layout, cfg.block_size, cfg.decay, sink=cfg.sink, device=device)

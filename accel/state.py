@@ -26,6 +26,14 @@ class StepInfo:
     sigma: float | None = None
     transformer: str = "transformer"
 
+    def position(self, distance: str = "sigma") -> float:
+        """Where this step sits on the denoising axis, for finite differences: sigma, timestep or step index."""
+        if distance == "sigma" and self.sigma is not None:
+            return float(self.sigma)
+        if distance in ("sigma", "timestep") and self.timestep is not None:
+            return float(self.timestep) / 1000.0  # same orientation as sigma; the scale cancels out
+        return float(self.step_index)
+
 
 @dataclass(frozen=True)
 class LayerPlan:

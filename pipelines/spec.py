@@ -25,6 +25,8 @@ class ModelSpec:
     - ``layout_from_inputs(transformer, args, kwargs) -> TokenLayout``: the token grid of one forward call.
     - ``timestep_from_inputs(args, kwargs) -> tensor | None``.
     - ``cache_module_patterns``: modules a feature cache hooks (attention and feed-forward outputs).
+    - ``cache_block_pattern``: regex (group 1 = index) for the transformer blocks, called in order with
+      ``hidden_states`` first and returning it (used by lite caching of the whole block stack).
     - ``opens_cache_context``: whether the pipeline wraps denoiser calls in diffusers' ``cache_context``.
     - ``defaults(pipe) -> {method: {param: value}}``: published per-model defaults, by attention method.
     """
@@ -39,6 +41,7 @@ class ModelSpec:
     timestep_from_inputs: Callable[[tuple, dict], Any]
     text_pos: str = "none"
     cache_module_patterns: tuple[str, ...] = ()
+    cache_block_pattern: str | None = None
     opens_cache_context: bool = True
     defaults: Callable[[Any], dict[str, dict[str, Any]]] = field(default=lambda pipe: {})
 
@@ -63,6 +66,11 @@ def register_spec(spec: ModelSpec) -> ModelSpec:
 
 def supported_specs() -> list[ModelSpec]:
     return list(_REGISTRY)
+
+
+def modules_matching(transformer: torch.nn.Module, patterns) -> list[tuple[str, torch.nn.Module]]:
+    pats = [re.compile(p) for p in patterns]
+    return [(n, m) for n, m in transformer.named_modules() if any(p.fullmatch(n) for p in pats)]
 
 
 def spec_for_transformer(transformer: torch.nn.Module) -> ModelSpec | None:

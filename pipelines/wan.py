@@ -33,7 +33,9 @@ def wan_defaults(pipe) -> dict:
         radial = {"decay": 0.8, "dense_step_fraction": 11 / 40, "dense_layers": 1, "sink": True}
     else:
         radial = {"decay": 0.2, "dense_step_fraction": 12 / 50, "dense_layers": 1, "sink": True}
-    return {"radial": radial}
+    # TaylorSeer-Wan2.1: fresh_threshold 5, max_order 1, first_enhance 1.
+    taylorseer = {"interval": 5, "order": 1, "warmup_steps": 1}
+    return {"radial": radial, "taylorseer": taylorseer}
 
 
 WAN = register_spec(
@@ -48,6 +50,7 @@ WAN = register_spec(
         timestep_from_inputs=wan_timestep,
         text_pos="none",
         cache_module_patterns=(r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn"),
+        cache_block_pattern=r"blocks\.(\d+)",
         opens_cache_context=True,
         defaults=wan_defaults,
     )

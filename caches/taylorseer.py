@@ -1,0 +1,256 @@
+"""TaylorSeer-style feature caching on diffusers' ModelHook / HookRegistry / StateManager.
+
+On full steps a cached module runs and its output refreshes a ladder of finite differences; on the other steps the
+module does not run and its output is predicted from the ladder. State lives in a diffusers ``StateManager``, one
+state per ``cache_context`` (cond / uncond), reset when the pipeline call ends.
+
+Two expansions (``distance``):
+- over sigma or timestep (default): Newton divided differences through the last ``order + 1`` full steps at their
+  actual positions, evaluated at the current step's position. Exact for features that are polynomials of degree
+  <= order in sigma, on any (non-uniform) schedule.
+- over step index (``"step"``): TaylorSeer's original rule, ``d[i+1] = (d[i] - d_prev[i]) / gap`` and
+  ``F = sum_i d[i] / i! * k**i`` with ``k`` steps since the last full step.
+
+This module knows nothing of pipelines: the caller injects where the current step comes from (``step_source``), which
+steps are full (``is_full``) and where to count events (``count``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+_FACTOR_DTYPES = {
+    None: None,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def _flatten(out) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
+    """Tensors of a module output (a tensor or a tuple/list of tensors) and how to rebuild it."""
+    if isinstance(out, torch.Tensor):
+        return [out], lambda ts: ts[0]
+    if isinstance(out, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in out):
+        kind = type(out)
+        return list(out), lambda ts: kind(ts)
+    raise TypeError(f"TaylorSeer can cache tensor or tuple-of-tensor outputs, got {type(out).__name__}")
+
+
+class TaylorLadder:
+    """Finite-difference ladder of one feature trajectory (one tensor)."""
+
+    def __init__(self, order: int, distance: str, factor_dtype: torch.dtype | None):
+        self.order = order
+        self.step_mode = distance == "step"
+        self.factor_dtype = factor_dtype
+        self.factors: list[torch.Tensor] = []  # d[0] = last value, d[i] = i-th difference
+        self.points: list[float] = []  # positions of the full steps, newest first (Newton nodes)
+
+    def update(self, value: torch.Tensor, position: float) -> None:
+        new = [value.detach().to(self.factor_dtype or value.dtype)]
+        v32 = value.detach().float()
+        prev32 = v32
+        for i in range(min(len(self.factors), self.order)):
+            if self.step_mode:
+                gap = position - self.points[0]  # TaylorSeer: always the newest gap
+            else:
+                gap = position - self.points[i]  # Newton: distance to the oldest node of d[i]
+            if gap == 0:
+                break
+            cur32 = (prev32 - self.factors[i].float()) / gap
+            new.append(cur32.to(self.factor_dtype or value.dtype))
+            prev32 = cur32
+        self.factors = new
+        self.points = [position, *self.points][: self.order + 1]
+
+    def predict(self, position: float, dtype: torch.dtype) -> torch.Tensor:
+        x = position - self.points[0]
+        out = self.factors[0].float()
+        if self.step_mode:
+            for i in range(1, len(self.factors)):
+                out = out + self.factors[i].float() * (x**i / math.factorial(i))
+        else:
+            weight = 1.0
+            for i in range(1, len(self.factors)):
+                weight *= position - self.points[i - 1]
+                out = out + self.factors[i].float() * weight
+        return out.to(dtype)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.factors)
+
+
+class MemoryMeter:
+    """Bytes held by all ladders of one accelerated pipeline: current and peak."""
+
+    def __init__(self):
+        self.current = 0
+        self.peak = 0
+
+    def add(self, delta: int) -> None:
+        self.current += delta
+        self.peak = max(self.peak, self.current)
+
+
+class TaylorState(BaseState):
+    def __init__(self, meter: MemoryMeter | None = None):
+        self.meter = meter
+        self.ladders = None
+        self.reset()
+
+    def reset(self, *args, **kwargs) -> None:
+        if self.meter is not None and self.ladders:
+            self.meter.add(-self.nbytes())
+        self.ladders: list[TaylorLadder] | None = None
+        self.rebuild = None
+        self.last_step: int | None = None
+        self.input_shape: tuple | None = None
+        self.run_full = True
+        self.stack_input: torch.Tensor | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.ladders is not None
+
+    def nbytes(self) -> int:
+        return sum(lad.nbytes() for lad in self.ladders or ())
+
+
+class CacheSchedule:
+    """Which steps are computed in full: warm-up, every ``interval``-th step after it, the final steps, and any step
+    another component requires (``force_full``, e.g. sparse attention's dense warm-up)."""
+
+    def __init__(self, interval: int, warmup_steps: int, final_full_steps: int, force_full=None):
+        self.interval = interval
+        self.warmup_steps = warmup_steps
+        self.final_full_steps = final_full_steps
+        self.force_full = force_full
+
+    def is_full(self, step_index: int, num_steps: int | None) -> bool:
+        if step_index < self.warmup_steps:
+            return True
+        if num_steps is not None and step_index >= num_steps - self.final_full_steps:
+            return True
+        if self.force_full is not None and self.force_full(step_index, num_steps):
+            return True
+        return (step_index - self.warmup_steps) % self.interval == 0
+
+    def full_steps(self, num_steps: int) -> list[int]:
+        return [i for i in range(num_steps) if self.is_full(i, num_steps)]
+
+
+class _CacheHookBase(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, config, schedule: CacheSchedule, step_source, count, meter: MemoryMeter | None = None):
+        super().__init__()
+        self.meter = meter
+        self.order = config.order
+        self.distance = config.distance
+        self.factor_dtype = _FACTOR_DTYPES[config.factor_dtype]
+        self.schedule = schedule
+        self.step_source = step_source
+        self.count = count
+
+    def _state(self, step) -> TaylorState:
+        state = self.state_manager.get_state()
+        if state.last_step is not None and step.step_index < state.last_step:
+            state.reset()  # a new generation in the same context (pipelines without an end-of-call reset)
+        state.last_step = step.step_index
+        return state
+
+    def _decide(self, step, state: TaylorState, input_shape) -> bool:
+        """True: run the module. Predict only when the schedule allows it and the ladder fits this input."""
+        if self.schedule.is_full(step.step_index, step.num_steps) or not state.ready:
+            return True
+        return state.input_shape != input_shape
+
+    def _store(self, state: TaylorState, out, step, input_shape) -> None:
+        tensors, rebuild = _flatten(out)
+        if state.ladders is None or state.input_shape != input_shape or len(state.ladders) != len(tensors):
+            if self.meter is not None and state.ladders:
+                self.meter.add(-state.nbytes())
+            state.ladders = [TaylorLadder(self.order, self.distance, self.factor_dtype) for _ in tensors]
+        state.rebuild = rebuild
+        state.input_shape = input_shape
+        pos = step.position(self.distance)
+        before = state.nbytes()
+        for lad, t in zip(state.ladders, tensors, strict=True):
+            lad.update(t, pos)
+        if self.meter is not None:
+            self.meter.add(state.nbytes() - before)
+
+    def _predict(self, state: TaylorState, step, dtype):
+        pos = step.position(self.distance)
+        return state.rebuild([lad.predict(pos, dtype) for lad in state.ladders])
+
+    def reset_state(self, module):
+        self.state_manager.reset()
+        return module
+
+
+class TaylorSeerHook(_CacheHookBase):
+    """Caches one module's output (attention, feed-forward, ...)."""
+
+    def __init__(self, config, schedule, step_source, count, meter: MemoryMeter | None = None):
+        super().__init__(config, schedule, step_source, count, meter)
+        self.state_manager = StateManager(TaylorState, init_kwargs={"meter": meter})
+
+    def new_forward(self, module, *args, **kwargs):
+        step = self.step_source()
+        if step is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        state = self._state(step)
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        in_shape = tuple(first.shape) if isinstance(first, torch.Tensor) else None
+        if self._decide(step, state, in_shape):
+            out = self.fn_ref.original_forward(*args, **kwargs)
+            self._store(state, out, step, in_shape)
+            self.count("cache:computed")
+            return out
+        self.count("cache:predicted")
+        dtype = first.dtype if isinstance(first, torch.Tensor) else torch.float32
+        return self._predict(state, step, dtype)
+
+
+class LiteBlockHook(_CacheHookBase):
+    """Lite mode: one cached residual for the whole block stack (memory: ``order + 1`` tensors per branch).
+
+    Full steps: the first block records its input, the last block stores ``output - input``. Predicted steps: every
+    block passes ``hidden_states`` through untouched and the last block adds the predicted residual.
+    """
+
+    def __init__(self, config, schedule, step_source, count, meter, position: str, shared: StateManager):
+        super().__init__(config, schedule, step_source, count, meter)
+        self.position = position  # "first", "middle", "last" (or "only")
+        self.state_manager = shared  # one StateManager shared by all blocks of the stack
+
+    def new_forward(self, module, *args, **kwargs):
+        step = self.step_source()
+        if step is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        hs = args[0] if args else kwargs["hidden_states"]
+        first = self.position in ("first", "only")
+        last = self.position in ("last", "only")
+        state = self._state(step) if first else self.state_manager.get_state()
+        if first:
+            state.run_full = self._decide(step, state, tuple(hs.shape))
+            state.stack_input = hs
+            self.count("cache:computed" if state.run_full else "cache:predicted")
+        if state.run_full:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+            if last:
+                self._store(state, out - state.stack_input, step, tuple(state.stack_input.shape))
+                state.stack_input = None
+            return out
+        if last:
+            state.stack_input = None
+            return hs + self._predict(state, step, hs.dtype)
+        return hs
