@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from accel.caches import CacheSchedule, TaylorLadder
 
 NODES = [1.0, 0.93, 0.81, 0.62, 0.35]  # non-uniform, decreasing like flow-matching sigmas
