@@ -4,12 +4,8 @@ On full steps a cached module runs and its output refreshes a ladder of finite d
 module does not run and its output is predicted from the ladder. State lives in a diffusers ``StateManager``, one
 state per ``cache_context`` (cond / uncond), reset when the pipeline call ends.
 
-Two expansions (``distance``):
-- over sigma or timestep (default): Newton divided differences through the last ``order + 1`` full steps at their
-  actual positions, evaluated at the current step's position. Exact for features that are polynomials of degree
-  <= order in sigma, on any (non-uniform) schedule.
-- over step index (``"step"``): TaylorSeer's original rule, ``d[i+1] = (d[i] - d_prev[i]) / gap`` and
-  ``F = sum_i d[i] / i! * k**i`` with ``k`` steps since the last full step.
+Differences are taken over sigma (default), timestep or step index (``distance``): flow-matching schedules are not
+uniform in steps, so the same step gap means different sigma gaps over the run.
 
 This module knows nothing of pipelines: the caller injects where the current step comes from (``step_source``), which
 steps are full (``is_full``) and where to count events (``count``).
@@ -44,43 +40,38 @@ def _flatten(out) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], An
 
 
 class TaylorLadder:
-    """Finite-difference ladder of one feature trajectory (one tensor)."""
+    """Finite-difference ladder of one feature trajectory (one tensor), TaylorSeer's rule over a chosen axis.
+
+    On a full step at position ``x`` with value ``F``: ``d[0] = F`` and ``d[i+1] = (d[i] - d_prev[i]) / (x - x_prev)``;
+    a prediction at ``y`` is ``sum_i d[i] / i! * (y - x)**i``. With ``distance="step"`` positions are step indices
+    (the original TaylorSeer); with ``"sigma"`` / ``"timestep"`` they are the scheduler's actual values, so the
+    expansion follows non-uniform schedules (an order-1 prediction is exact for features linear in sigma).
+    """
 
     def __init__(self, order: int, distance: str, factor_dtype: torch.dtype | None):
         self.order = order
-        self.step_mode = distance == "step"
+        self.distance = distance
         self.factor_dtype = factor_dtype
         self.factors: list[torch.Tensor] = []  # d[0] = last value, d[i] = i-th difference
-        self.points: list[float] = []  # positions of the full steps, newest first (Newton nodes)
+        self.position: float | None = None  # position of the last full step
 
     def update(self, value: torch.Tensor, position: float) -> None:
-        new = [value.detach().to(self.factor_dtype or value.dtype)]
-        v32 = value.detach().float()
-        prev32 = v32
-        for i in range(min(len(self.factors), self.order)):
-            if self.step_mode:
-                gap = position - self.points[0]  # TaylorSeer: always the newest gap
-            else:
-                gap = position - self.points[i]  # Newton: distance to the oldest node of d[i]
-            if gap == 0:
-                break
-            cur32 = (prev32 - self.factors[i].float()) / gap
-            new.append(cur32.to(self.factor_dtype or value.dtype))
-            prev32 = cur32
+        store = self.factor_dtype or value.dtype
+        new = [value.detach().to(store)]
+        gap = None if self.position is None else position - self.position
+        if gap:
+            cur32 = value.detach().float()
+            for i in range(min(len(self.factors), self.order)):
+                cur32 = (cur32 - self.factors[i].float()) / gap
+                new.append(cur32.to(store))
         self.factors = new
-        self.points = [position, *self.points][: self.order + 1]
+        self.position = position
 
     def predict(self, position: float, dtype: torch.dtype) -> torch.Tensor:
-        x = position - self.points[0]
+        x = position - self.position
         out = self.factors[0].float()
-        if self.step_mode:
-            for i in range(1, len(self.factors)):
-                out = out + self.factors[i].float() * (x**i / math.factorial(i))
-        else:
-            weight = 1.0
-            for i in range(1, len(self.factors)):
-                weight *= position - self.points[i - 1]
-                out = out + self.factors[i].float() * weight
+        for i in range(1, len(self.factors)):
+            out = out + self.factors[i].float() * (x**i / math.factorial(i))
         return out.to(dtype)
 
     def nbytes(self) -> int:

@@ -6,52 +6,64 @@ import pytest
 import torch
 from accel.caches import CacheSchedule, TaylorLadder
 
-NODES = [1.0, 0.93, 0.81, 0.62, 0.35]  # non-uniform, decreasing like flow-matching sigmas
+NODES = [1.0, 0.93, 0.81]  # non-uniform, decreasing like flow-matching sigmas
 
 
-def poly(coeffs, s):
-    return sum(c * s**i for i, c in enumerate(coeffs))
+def feed(order, values, distance="sigma", nodes=NODES):
+    lad = TaylorLadder(order, distance, None)
+    for s, v in zip(nodes, values, strict=True):
+        lad.update(v, s)
+    return lad
 
 
-@pytest.mark.parametrize("order", [0, 1, 2])
-def test_newton_is_exact_for_polynomials_up_to_order(order):
-    coeffs = [0.3, -1.2, 0.7][: order + 1]
+def test_order0_reuses_and_order1_is_exact_for_linear_in_sigma():
     base = torch.randn(4, 3)
-    lad = TaylorLadder(order, "sigma", None)
-    for s in NODES[:3]:
-        lad.update(base * poly(coeffs, s), s)
+    lin = [base * (0.3 - 1.2 * s) for s in NODES]
+    assert torch.equal(feed(0, lin).predict(0.5, torch.float32), lin[-1])
     for target in (0.7, 0.5, 0.2):
-        got = lad.predict(target, torch.float32)
-        assert torch.allclose(got, base * poly(coeffs, target), atol=1e-5)
+        got = feed(1, lin).predict(target, torch.float32)
+        assert torch.allclose(got, base * (0.3 - 1.2 * target), atol=1e-5)
 
 
-def test_order_behaves_as_the_formula_says_on_a_smooth_trajectory():
+def test_order2_follows_taylorseers_formula_over_sigma():
     f = lambda s: torch.tensor([math.exp(-2 * s) + 0.5 * math.sin(3 * s)])
-    errs = {}
-    for order in (0, 1, 2):
-        lad = TaylorLadder(order, "sigma", None)
-        for s in NODES[:3]:
-            lad.update(f(s), s)
-        errs[order] = abs(lad.predict(0.75, torch.float32) - f(0.75)).item()
-    # order 0 reuses F(0.81); order 1 adds the secant slope; order 2 the quadratic through three nodes
-    assert errs[0] == pytest.approx(abs(f(0.81) - f(0.75)).item(), rel=1e-5)
-    slope = (f(0.81) - f(0.93)) / (0.81 - 0.93)
-    assert errs[1] == pytest.approx(abs(f(0.81) + slope * (0.75 - 0.81) - f(0.75)).item(), rel=1e-4)
+    vals = [f(s) for s in NODES]
+    g1, g2 = NODES[1] - NODES[0], NODES[2] - NODES[1]
+    d1_old = (vals[1] - vals[0]) / g1
+    d1 = (vals[2] - vals[1]) / g2
+    d2 = (d1 - d1_old) / g2
+    x = 0.75 - NODES[2]
+    want = vals[2] + d1 * x + d2 * x**2 / 2
+    assert torch.allclose(feed(2, vals).predict(0.75, torch.float32), want, atol=1e-6)
+
+
+def test_order_behaves_as_expected_on_a_smooth_trajectory():
+    f = lambda s: torch.tensor([math.exp(-2 * s) + 0.5 * math.sin(3 * s)])
+    nodes = [1.0, 0.95, 0.9]
+    errs = {
+        o: abs(feed(o, [f(s) for s in nodes], nodes=nodes).predict(0.86, torch.float32) - f(0.86)).item()
+        for o in (0, 1, 2)
+    }
     assert errs[2] < errs[1] < errs[0]
 
 
 def test_step_mode_is_taylorseers_expansion():
-    # full steps at 0, 5, 10 (interval 5); TaylorSeer: d1 = (F1 - F0) / 5, d2 = (d1_new - d1_old) / 5,
-    # prediction k steps later: F + d1 k + d2 k^2 / 2
-    vals = {0: torch.tensor([1.0]), 5: torch.tensor([2.0]), 10: torch.tensor([5.0])}
-    lad = TaylorLadder(2, "step", None)
-    for step, v in vals.items():
-        lad.update(v, float(step))
+    # full steps at 0, 5, 10 (interval 5): d1 = (F1 - F0) / 5, d2 = (d1_new - d1_old) / 5, F + d1 k + d2 k^2 / 2
+    vals = [torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([5.0])]
+    lad = feed(2, vals, "step", nodes=[0.0, 5.0, 10.0])
     d1_old, d1 = (2.0 - 1.0) / 5, (5.0 - 2.0) / 5
     d2 = (d1 - d1_old) / 5
-    k = 3
-    want = 5.0 + d1 * k + d2 * k**2 / 2
-    assert lad.predict(13.0, torch.float32).item() == pytest.approx(want)
+    assert lad.predict(13.0, torch.float32).item() == pytest.approx(5.0 + d1 * 3 + d2 * 9 / 2)
+
+
+def test_ladder_fills_up_over_full_steps():
+    lad = TaylorLadder(2, "sigma", None)
+    lad.update(torch.ones(2), 1.0)
+    assert len(lad.factors) == 1  # order 1 needs two full steps, order 2 three
+    lad.update(torch.ones(2), 0.9)
+    assert len(lad.factors) == 2
+    lad.update(torch.ones(2), 0.8)
+    assert len(lad.factors) == 3
 
 
 def test_factor_dtype_storage_and_memory():
