@@ -23,6 +23,29 @@ def tiny_tokenizer():
     )
 
 
+def tiny_wan_transformer(
+    *, num_layers: int = 2, num_heads: int = 2, head_dim: int = 16, text_dim: int = 32, in_channels: int = 16, **extra
+):
+    """A randomly initialised ``WanTransformer3DModel`` (``extra``: further config, e.g. ``image_dim`` for I2V)."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=num_heads,
+        attention_head_dim=head_dim,
+        in_channels=in_channels,
+        out_channels=16,
+        text_dim=text_dim,
+        freq_dim=256,
+        ffn_dim=4 * num_heads * head_dim,
+        num_layers=num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024,
+        **extra,
+    )
+
+
 def tiny_wan_pipeline(
     *,
     num_layers: int = 2,
@@ -42,27 +65,13 @@ def tiny_wan_pipeline(
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
         WanPipeline,
-        WanTransformer3DModel,
     )
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
 
     def transformer():
-        return WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=num_heads,
-            attention_head_dim=head_dim,
-            in_channels=16,
-            out_channels=16,
-            text_dim=text_dim,
-            freq_dim=256,
-            ffn_dim=4 * num_heads * head_dim,
-            num_layers=num_layers,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=1024,
-        )
+        return tiny_wan_transformer(num_layers=num_layers, num_heads=num_heads, head_dim=head_dim, text_dim=text_dim)
 
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]

@@ -8,24 +8,15 @@ import torch
 
 import accel
 from accel import TaylorSeerConfig, accelerate, disable
-from accel.tiny import tiny_wan_pipeline
+from accel.tiny import tiny_wan_pipeline, tiny_wan_transformer
+from tests.helpers import run as run_call
 
-CALL = dict(
-    prompt="w3 w4 w5",
-    negative_prompt="w6",
-    num_inference_steps=12,
-    height=64,
-    width=64,
-    num_frames=17,
-    max_sequence_length=16,
-    guidance_scale=5.0,
-    output_type="latent",
-)
 WAN_SITE = "diffusers.models.transformers.transformer_wan"
 
 
 def run(pipe, **kw):
-    return pipe(generator=torch.Generator().manual_seed(0), **{**CALL, **kw}).frames
+    """The shared tiny call with 12 steps, so the cache schedule skips some."""
+    return run_call(pipe, **{"num_inference_steps": 12, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -160,22 +151,8 @@ def test_disable_restores_bit_identical_output(wan):
 
 
 def test_pipeline_without_cache_context_gets_one():
-    from diffusers import WanTransformer3DModel
-
     torch.manual_seed(0)
-    t = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-    ).eval()
+    t = tiny_wan_transformer(head_dim=8).eval()
     holder = types.SimpleNamespace(transformer=t)  # no scheduler, no cache_context: steps are counted
     x = torch.randn(1, 16, 3, 4, 4)
     enc = torch.randn(1, 8, 32)

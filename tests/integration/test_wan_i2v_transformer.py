@@ -3,28 +3,14 @@
 import types
 
 import torch
-from diffusers import WanTransformer3DModel
 
 import accel
+from accel.tiny import tiny_wan_transformer
 
 
 def test_i2v_transformer_routes_only_self_attention():
     torch.manual_seed(0)
-    t = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=36,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=64,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        image_dim=24,
-        rope_max_seq_len=64,
-    ).eval()
+    t = tiny_wan_transformer(head_dim=16, in_channels=36, image_dim=24).eval()
     pipe = types.SimpleNamespace(transformer=t)  # a pipeline-like holder: accelerate only needs .transformer
     x = torch.randn(1, 36, 5, 8, 8)
     kw = dict(
