@@ -29,6 +29,13 @@ class ModelSpec:
       ``hidden_states`` first and returning it (used by lite caching of the whole block stack).
     - ``opens_cache_context``: whether the pipeline wraps denoiser calls in diffusers' ``cache_context``.
     - ``defaults(pipe) -> {method: {param: value}}``: published per-model defaults, by attention method.
+
+    Size rules, for front ends (the CLI) that check a request before any weights load:
+
+    - ``spatial_multiple``: height and width must be multiples of this (VAE stride x patch size; Wan: 8 x 2 = 16).
+    - ``frame_multiple``: the frame count must be ``frame_multiple * k + 1`` (the VAE's temporal stride; Wan: 4,
+      so 4k+1 frames); 1 allows any count.
+    - ``default_fps``: frame rate of the model's published videos (Wan: 16); ``None`` when unknown.
     """
 
     name: str
@@ -44,6 +51,9 @@ class ModelSpec:
     cache_block_pattern: str | None = None
     opens_cache_context: bool = True
     defaults: Callable[[Any], dict[str, dict[str, Any]]] = field(default=lambda pipe: {})
+    spatial_multiple: int = 1
+    frame_multiple: int = 1
+    default_fps: int | None = None
 
     def self_attention_modules(self, transformer: torch.nn.Module) -> list[tuple[str, int, torch.nn.Module]]:
         """``(name, layer_index, module)`` for every self-attention module of ``transformer``."""

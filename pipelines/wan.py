@@ -53,5 +53,8 @@ WAN = register_spec(
         cache_block_pattern=r"blocks\.(\d+)",
         opens_cache_context=True,
         defaults=wan_defaults,
+        spatial_multiple=16,  # VAE 8x spatial compression x patch size 2
+        frame_multiple=4,  # VAE 4x temporal compression: 4k+1 frames
+        default_fps=16,
     )
 )

@@ -1,0 +1,35 @@
+"""`diffusion-fast presets` and `diffusion-fast models`: one line each, from the live registries."""
+
+from __future__ import annotations
+
+from accel.pipelines import supported_specs
+
+import accel
+
+from .conftest import run_cli
+
+
+def test_presets_one_line_each(tmp_path):
+    proc = run_cli("presets", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    presets = accel.list_presets()
+    assert [ln.split()[0] for ln in lines] == list(presets)
+    for line, (name, description) in zip(lines, presets.items(), strict=True):
+        assert line.startswith(name) and line.endswith(description)
+
+
+def test_models_lists_embedded_model_and_families(tmp_path):
+    proc = run_cli("models", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("tiny-random-wan: ")
+    assert "no download" in lines[0] and "noise" in lines[0]
+    specs = supported_specs()
+    assert len(lines) == 1 + len(specs)
+    for line, spec in zip(lines[1:], specs, strict=True):
+        assert line.startswith(f"{spec.name}: ")
+        for cls in spec.pipeline_classes:
+            assert cls in line
+    wan = next(ln for ln in lines if ln.startswith("wan: "))
+    assert "multiples of 16" in wan and "4k+1" in wan and "16 fps" in wan

@@ -1,0 +1,87 @@
+"""Models other than the embedded one, in-process through ``accel.cli.main``: a local pipeline folder written by
+``save_pretrained`` (the DiffusionPipeline.from_pretrained path the Hub uses), and what is refused before loading."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import pytest
+
+from accel.cli import main
+from accel.models import TINY_RANDOM_WAN_CONFIG, resolve_model
+
+from .conftest import TINY, listing
+
+
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory):
+    from accel.tiny import tiny_wan_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-wan-folder")
+    tiny_wan_pipeline(**TINY_RANDOM_WAN_CONFIG).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def image_pipeline_folder(tmp_path):
+    """A folder that says it holds a Flux pipeline (no weights: only what is read before loading)."""
+    folder = tmp_path / "flux"
+    folder.mkdir()
+    index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_resolve_reads_model_index(wan_folder):
+    src = resolve_model(str(wan_folder))
+    assert (src.kind, src.pipeline_class, src.transformer_classes) == (
+        "local",
+        "WanPipeline",
+        ("WanTransformer3DModel",),
+    )
+    assert src.spec.name == "wan" and src.is_video
+
+
+def test_render_from_a_local_folder(wan_folder, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("accelerate", reason="diffusers needs accelerate to load WanTransformer3DModel weights")
+    monkeypatch.chdir(tmp_path)
+    assert main(["a red fox", "--model", str(wan_folder), "-o", "fox.mp4", "-q", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert f"model {wan_folder}" in out and "saved fox.mp4" in out
+    assert iio.imread(tmp_path / "fox.mp4", index=None).shape == (9, 64, 64, 3)
+
+
+def test_unsupported_pipeline_is_refused_before_loading(image_pipeline_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["a cat", "--model", str(image_pipeline_folder), "--preset", "radial", "-o", "cat.png"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot accelerate FluxPipeline" in err and "wan (WanPipeline" in err and "--preset dense" in err
+
+
+@pytest.mark.parametrize(
+    "args,phrase",
+    [
+        (["-o", "cat.mp4"], "image pipeline, it makes one image"),
+        (["--frames", "9", "-o", "cat.png"], "image pipeline and takes no frame count"),
+    ],
+)
+def test_image_pipeline_rules(image_pipeline_folder, tmp_path, monkeypatch, capsys, args, phrase):
+    monkeypatch.chdir(tmp_path)
+    assert main(["a cat", "--model", str(image_pipeline_folder), "--preset", "dense", *args]) == 2
+    assert phrase in capsys.readouterr().err
+    assert listing(tmp_path) == ["flux", "flux/model_index.json"]
+
+
+def test_broken_folder_is_an_error_not_a_traceback(image_pipeline_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["a cat", "--model", str(image_pipeline_folder), "--preset", "dense", "-o", "cat.png", "-q"]) == 1
+    assert "cannot load the pipeline folder" in capsys.readouterr().err
+    assert not (tmp_path / "cat.png").exists()
+
+
+def test_folder_without_model_index(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    assert main(["a cat", "--model", "weights"]) == 2
+    assert "not a diffusers pipeline folder" in capsys.readouterr().err
