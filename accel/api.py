@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ class _Installed:
     call_sites: list[str] = field(default_factory=list)
     transformers: list[Any] = field(default_factory=list)
     meter: Any = None  # caches.MemoryMeter when a feature cache is installed
+    finalizers: list[Any] = field(default_factory=list)
 
 
 def _method_for(config) -> Any:
@@ -116,6 +118,7 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
                 if tspec.attention_call_site not in installed.call_sites:
                     bridge.install_call_site(tspec.attention_call_site, route_attention)
                     installed.call_sites.append(tspec.attention_call_site)
+                    installed.finalizers.append(_release_with(pipe, tspec.attention_call_site))
             if cache_cfg is not None:
                 for module, hook in _cache_hooks(transformer, tspec, cache_cfg, schedule, stats, installed.meter):
                     bridge.add_hook(module, hook, bridge.CACHE_HOOK)
@@ -162,8 +165,23 @@ def _cache_hooks(transformer, spec, cfg, schedule, stats, meter):
     return hooks
 
 
+def _release_with(pipe, call_site: str):
+    """Release the call site if the pipeline is garbage-collected while still accelerated."""
+    from . import _diffusers_bridge as bridge
+
+    try:
+        return weakref.finalize(pipe, bridge.uninstall_call_site, call_site)
+    except TypeError:  # holders without weak references: only disable() releases
+        return None
+
+
 def _remove(installed: _Installed) -> None:
     from . import _diffusers_bridge as bridge
+
+    for fin in installed.finalizers:
+        if fin is not None:
+            fin.detach()
+    installed.finalizers.clear()
 
     for module, name in reversed(installed.hooks):
         bridge.remove_hook(module, name)

@@ -705,7 +705,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .cli_output import OutputError, check_writable, numbered, parse_output, write_output
+    from .cli_output import OutputError, check_writable, numbered, parse_output
 
     prompts = read_prompts(args)
     targets = []
@@ -739,6 +739,18 @@ def cmd_render(args: argparse.Namespace) -> int:
     )
     if accelerated and request.device == "cpu" and resolved is not None and resolved.attention is not None:
         _note("the first sparse attention call compiles its kernel once (about 10-20 s on CPU)", quiet)
+
+    try:
+        return _render_all(pipe, request, prompts, targets, args, accelerated, quiet)
+    finally:
+        if accelerated:
+            accel.disable(pipe)  # leave the process as we found it (the CLI also runs in-process in tests)
+
+
+def _render_all(pipe, request, prompts, targets, args, accelerated: bool, quiet: bool) -> int:
+    import accel
+
+    from .cli_output import OutputError, write_output
 
     t_all = time.perf_counter()
     n = len(prompts)
