@@ -1,6 +1,6 @@
 """Dense vs radial attention on a tiny, randomly initialised Wan pipeline (offline, CPU or GPU).
 
-    python samples/radial_wan_tiny.py [--frames 81 --height 240 --width 416 --steps 10]
+    python samples/radial_wan_tiny.py [--frames 49 --height 240 --width 416 --steps 10]
 
 The model's weights are random, so its video is noise; the sample shows the mechanics and the numbers: the
 same prompt and seed rendered dense and with ``accelerate(pipe, "radial")``, wall time of each, and how close
@@ -22,7 +22,7 @@ from accel.tiny import tiny_wan_pipeline
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", type=int, default=81, help="video frames (4k+1)")
+    p.add_argument("--frames", type=int, default=49, help="video frames (4k+1)")
     p.add_argument("--height", type=int, default=240, help="pixels, multiple of 16")
     p.add_argument("--width", type=int, default=416, help="pixels, multiple of 16")
     p.add_argument("--steps", type=int, default=10)
