@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One call for a session that has a CUDA GPU: GPU tests, then the kernel and pipeline benchmarks, results written to
+# benchmarks/results/ named after the device (commit them). Usage: bash benchmarks/gpu_session.sh [--quick]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results}"
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_device.txt"
+python -m pytest -q -m gpu tests/kernels 2>&1 | tail -30 | tee "$OUT/gpu_tests.txt"
+python -m benchmarks.bench_attention --device cuda --repeats 10 2>&1 | tail -20
+python -m benchmarks.bench_attention --device cuda --heads 40 --layouts "wan 768x1280x69" --tag h40 --repeats 5 \
+    2>&1 | tail -5
+if [[ "${1:-}" != "--quick" ]]; then
+    python -m benchmarks.bench_pipeline --device cuda --layers 8 --heads 12 --head-dim 128 --frames 81 \
+        --height 480 --width 832 --steps 10 --repeats 2 --presets radial taylorseer radial+taylorseer 2>&1 | tail -8
+fi
