@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--head-dim", type=int, default=None, help="default: 64 on CPU, 128 on GPU")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--tag", default=None, help="result file suffix (default: device name)")
+    p.add_argument("--tag", default=None, help="suffix added to the device name in the result file names")
     args = p.parse_args()
 
     gpu = args.device.startswith("cuda")
@@ -123,7 +123,7 @@ def main() -> None:
             f"{r['t_own_dense_s']:.4f} | {r['sparse_over_own_dense']:.3f} | "
             f"{r['target_sparse_over_own_dense']:.3f} | {r['own_dense_tflops']:.3f} | {r['sdpa_tflops']:.3f} |"
         )
-    tag = args.tag or device_tag(args.device)
+    tag = device_tag(args.device) + (f"_{args.tag}" if args.tag else "")
     js, mdp = write_results(
         f"attention_{tag}", {"environment": env, "config": config, "rows": rows}, "\n".join(md) + "\n"
     )

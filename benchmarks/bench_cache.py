@@ -156,7 +156,7 @@ def main() -> None:
             f"| {r['method']} | {'-' if r['order'] is None else r['order']} | {r['full_steps']}/{steps} | "
             f"{r['time_s']:.2f} | {r.get('speedup', 1.0):.2f} | {r['rel_l2']:.5f} | {quality} |"
         )
-    tag = args.tag or device_tag(dev)
+    tag = device_tag(dev) + (f"_{args.tag}" if args.tag else "")
     config = {"steps": steps, "interval": interval, "warmup": warmup, "tokens": tokens, **size}
     js, mdp = write_results(
         f"cache_{args.mode}_{tag}", {"environment": env, "config": config, "rows": rows}, "\n".join(md) + "\n"

@@ -104,7 +104,7 @@ def main() -> None:
             f"{calls.get('sparse', '-')} / {calls.get('dense', '-')} | "
             f"{calls.get('mean_sparse_density') or '-'} |"
         )
-    tag = args.tag or device_tag(args.device)
+    tag = device_tag(args.device) + (f"_{args.tag}" if args.tag else "")
     js, mdp = write_results(
         f"pipeline_{tag}", {"environment": env, "config": config, "rows": rows}, "\n".join(md) + "\n"
     )
