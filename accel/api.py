@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,9 +100,8 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
                 cache_cfg.final_full_steps,
                 force_full=method.requires_full if method is not None else None,
             )
-        for (name, transformer), tspec in zip(transformers, specs, strict=True):
-            if config.attention is None and config.cache is None:
-                break
+        installs = method is not None or cache_cfg is not None  # the dense preset installs nothing
+        for (name, transformer), tspec in zip(transformers, specs, strict=True) if installs else ():
             bridge.add_hook(
                 transformer,
                 bridge.StepHook(name, tspec.layout_from_inputs, tspec.timestep_from_inputs, pipe),
@@ -147,19 +145,12 @@ def _cache_hooks(transformer, spec, cfg, schedule, stats, meter):
         if not targets:
             raise ValueError(f"no cacheable modules found in {type(transformer).__name__} (ModelSpec {spec.name!r})")
         return [(m, TaylorSeerHook(cfg, schedule, step_source, count, meter)) for _, m in targets]
-    if spec.cache_block_pattern is None:
-        raise ValueError(f"lite caching needs the block pattern of ModelSpec {spec.name!r}")
-    blocks = sorted(
-        (
-            (int(re.fullmatch(spec.cache_block_pattern, n).group(1)), m)
-            for n, m in transformer.named_modules()
-            if re.fullmatch(spec.cache_block_pattern, n)
-        ),
-        key=lambda x: x[0],
-    )
+    blocks = spec.blocks(transformer)
+    if not blocks:
+        raise ValueError(f"lite caching needs the transformer blocks (cache_block_pattern) of ModelSpec {spec.name!r}")
     shared = StateManager(TaylorState, init_kwargs={"meter": meter})
     hooks = []
-    for i, (_, block) in enumerate(blocks):
+    for i, block in enumerate(blocks):
         pos = "only" if len(blocks) == 1 else "first" if i == 0 else "last" if i == len(blocks) - 1 else "middle"
         hooks.append((block, LiteBlockHook(cfg, schedule, step_source, count, meter, pos, shared)))
     return hooks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,13 @@ from accel.attention_kernels.api import BACKENDS
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+def _fill_unset(cfg, model_defaults: dict[str, Any], generic: dict[str, Any]):
+    """``cfg`` with its ``None`` fields set from the model's published defaults, then from generic fallbacks (for a
+    model without published numbers); fields the user set are kept."""
+    fill = {**generic, **{k: v for k, v in model_defaults.items() if v is not None}}
+    return dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k, None) is None})
 
 
 @dataclass(frozen=True)
@@ -55,11 +63,8 @@ class RadialConfig:
         _check(self.min_blocks >= 1, "min_blocks must be >= 1")
 
     def with_defaults(self, defaults: dict[str, Any]) -> RadialConfig:
-        fill = {k: v for k, v in defaults.items() if getattr(self, k, None) is None}
-        cfg = dataclasses.replace(self, **fill)
-        # Generic fallbacks for a model without published numbers.
         generic = {"decay": 1.0, "dense_step_fraction": 0.24, "dense_layers": 1, "sink": False}
-        return dataclasses.replace(cfg, **{k: v for k, v in generic.items() if getattr(cfg, k) is None})
+        return _fill_unset(self, defaults, generic)
 
 
 DISTANCES = ("sigma", "timestep", "step")
@@ -106,10 +111,7 @@ class TaylorSeerConfig:
         _check(self.factor_dtype in FACTOR_DTYPES, f"factor_dtype must be one of {FACTOR_DTYPES}")
 
     def with_defaults(self, defaults: dict[str, Any]) -> TaylorSeerConfig:
-        fill = {k: v for k, v in defaults.items() if getattr(self, k, None) is None}
-        cfg = dataclasses.replace(self, **fill)
-        generic = {"interval": 5, "order": 1, "warmup_steps": 1}
-        return dataclasses.replace(cfg, **{k: v for k, v in generic.items() if getattr(cfg, k) is None})
+        return _fill_unset(self, defaults, {"interval": 5, "order": 1, "warmup_steps": 1})
 
 
 ATTENTION_CONFIGS: dict[str, type] = {"radial": RadialConfig}
@@ -176,7 +178,12 @@ def resolve_config(preset: str | AccelConfig, overrides: dict[str, Any]) -> Acce
         attention = cache = None
         for part in [p.strip() for p in preset.split("+")]:
             if part not in PRESETS:
-                raise ValueError(f"unknown preset {part!r}; available presets: {', '.join(sorted(PRESETS))}")
+                close = difflib.get_close_matches(part, list(PRESETS), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(
+                    f"unknown preset {part!r}{hint}; available presets: {', '.join(sorted(PRESETS))} "
+                    "(combine an attention method and a cache with '+', e.g. radial+taylorseer)"
+                )
             sub = PRESETS[part].config
             if sub.attention is not None:
                 if attention is not None:

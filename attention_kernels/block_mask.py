@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -87,9 +88,13 @@ class BlockMask:
     def num_k_blocks(self) -> int:
         return self.kv_indices.shape[3]
 
-    @property
+    @functools.cached_property
     def density(self) -> float:
-        """Fraction of (query block, key block) pairs kept, averaged over the stored batch and heads."""
+        """Fraction of (query block, key block) pairs kept, averaged over the stored batch and heads.
+
+        Computed once per mask (masks are not modified after construction): planners read it on every attention
+        call, and on CUDA the reduction would cost a device sync each time.
+        """
         total = self.kv_num_blocks.numel() * self.num_k_blocks
         return float(self.kv_num_blocks.sum().item()) / max(total, 1)
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from accel.attention_kernels import BlockMask, TokenLayout, block_sparse_attention, radial_mask
 
-from benchmarks.common import bench, device_tag, environment, write_results
+from benchmarks.common import bench, environment, write_results
 
 # name -> (latent frames, height tokens, width tokens, decay): Wan2.1 shapes at 16 px per token, 4x temporal.
 LAYOUTS = {
@@ -123,11 +123,9 @@ def main() -> None:
             f"{r['t_own_dense_s']:.4f} | {r['sparse_over_own_dense']:.3f} | "
             f"{r['target_sparse_over_own_dense']:.3f} | {r['own_dense_tflops']:.3f} | {r['sdpa_tflops']:.3f} |"
         )
-    tag = device_tag(args.device) + (f"_{args.tag}" if args.tag else "")
-    js, mdp = write_results(
-        f"attention_{tag}", {"environment": env, "config": config, "rows": rows}, "\n".join(md) + "\n"
+    write_results(
+        "attention", args.device, args.tag, {"environment": env, "config": config, "rows": rows}, "\n".join(md) + "\n"
     )
-    print(f"wrote {js} and {mdp}")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,12 @@ import argparse
 import time
 
 import torch
+from accel.pipelines.wan import WAN
 
 import accel
 from accel.metrics import psnr, relative_l2
 from accel.tiny import tiny_wan_pipeline
-from benchmarks.common import device_tag, environment, sync, write_results
-
-WAN_CACHE_MODULES = [r"blocks\.\d+\.attn1", r"blocks\.\d+\.attn2", r"blocks\.\d+\.ffn"]
+from benchmarks.common import environment, sync, write_results
 
 
 def diffusers_taylorseer(pipe, interval, before, order):
@@ -34,7 +33,7 @@ def diffusers_taylorseer(pipe, interval, before, order):
         disable_cache_before_step=before,
         max_order=order,
         taylor_factors_dtype=torch.float32,
-        cache_identifiers=WAN_CACHE_MODULES,
+        cache_identifiers=list(WAN.cache_module_patterns),  # its defaults hook nothing on Wan
     )
     pipe.transformer.enable_cache(cfg)
 
@@ -88,7 +87,7 @@ def main() -> None:
         return pipe(generator=torch.Generator(dev).manual_seed(0), **call).frames
 
     ref, t_ref = timed(render, dev)
-    tokens = ((size["num_frames"] - 1) // 4 + 1) * (size["height"] // 16) * (size["width"] // 16)
+    tokens = WAN.token_count(size["num_frames"], size["height"], size["width"])
     print(f"uncached: {t_ref:.2f} s, {tokens} tokens, {steps} steps with CFG", flush=True)
     rows = [{"method": "uncached", "order": None, "full_steps": steps, "time_s": t_ref, "rel_l2": 0.0, "psnr_db": None}]
 
@@ -156,12 +155,9 @@ def main() -> None:
             f"| {r['method']} | {'-' if r['order'] is None else r['order']} | {r['full_steps']}/{steps} | "
             f"{r['time_s']:.2f} | {r.get('speedup', 1.0):.2f} | {r['rel_l2']:.5f} | {quality} |"
         )
-    tag = device_tag(dev) + (f"_{args.tag}" if args.tag else "")
     config = {"steps": steps, "interval": interval, "warmup": warmup, "tokens": tokens, **size}
-    js, mdp = write_results(
-        f"cache_{args.mode}_{tag}", {"environment": env, "config": config, "rows": rows}, "\n".join(md) + "\n"
-    )
-    print(f"wrote {js} and {mdp}")
+    payload = {"environment": env, "config": config, "rows": rows}
+    write_results(f"cache_{args.mode}", dev, args.tag, payload, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from accel.pipelines.wan import WAN
 
 import accel
 from accel.metrics import psnr, relative_l2
 from accel.tiny import tiny_wan_pipeline
-from benchmarks.common import bench, device_tag, environment, write_results
+from benchmarks.common import bench, environment, write_results
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
         max_sequence_length=16,
         output_type="latent",
     )
-    tokens = ((args.frames - 1) // 4 + 1) * (args.height // 16) * (args.width // 16)
+    tokens = WAN.token_count(args.frames, args.height, args.width)
 
     def render():
         return pipe(generator=torch.Generator(args.device).manual_seed(0), **call).frames
@@ -104,11 +105,9 @@ def main() -> None:
             f"{calls.get('sparse', '-')} / {calls.get('dense', '-')} | "
             f"{calls.get('mean_sparse_density') or '-'} |"
         )
-    tag = device_tag(args.device) + (f"_{args.tag}" if args.tag else "")
-    js, mdp = write_results(
-        f"pipeline_{tag}", {"environment": env, "config": config, "rows": rows}, "\n".join(md) + "\n"
+    write_results(
+        "pipeline", args.device, args.tag, {"environment": env, "config": config, "rows": rows}, "\n".join(md) + "\n"
     )
-    print(f"wrote {js} and {mdp}")
 
 
 if __name__ == "__main__":

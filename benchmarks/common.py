@@ -44,12 +44,15 @@ def device_tag(device: str) -> str:
     return "cpu"
 
 
-def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
+def write_results(kind: str, device: str, tag: str | None, payload: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``<kind>_<device>[_<tag>].{json,md}`` under benchmarks/results/ and say so."""
+    stem = f"{kind}_{device_tag(device)}" + (f"_{tag}" if tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     js = RESULTS / f"{stem}.json"
     md = RESULTS / f"{stem}.md"
     js.write_text(json.dumps(payload, indent=2) + "\n")
     md.write_text(markdown)
+    print(f"wrote {js} and {md}")
     return js, md
 
 

@@ -57,13 +57,18 @@ class ModelSpec:
 
     def self_attention_modules(self, transformer: torch.nn.Module) -> list[tuple[str, int, torch.nn.Module]]:
         """``(name, layer_index, module)`` for every self-attention module of ``transformer``."""
-        pat = re.compile(self.self_attention_pattern)
-        found = []
-        for name, module in transformer.named_modules():
-            m = pat.fullmatch(name)
-            if m:
-                found.append((name, int(m.group(1)), module))
-        return found
+        return indexed_modules(transformer, self.self_attention_pattern)
+
+    def token_count(self, frames: int, height: int, width: int) -> int:
+        """Self-attention video tokens for a request in pixels and frames (Wan 81x480x832: 21 x 30 x 52)."""
+        latent_frames = (frames - 1) // self.frame_multiple + 1
+        return latent_frames * (height // self.spatial_multiple) * (width // self.spatial_multiple)
+
+    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        """The transformer blocks in call order (``cache_block_pattern``), or [] when the spec does not say."""
+        if self.cache_block_pattern is None:
+            return []
+        return [m for _, _, m in sorted(indexed_modules(transformer, self.cache_block_pattern), key=lambda x: x[1])]
 
 
 _REGISTRY: list[ModelSpec] = []
@@ -76,6 +81,12 @@ def register_spec(spec: ModelSpec) -> ModelSpec:
 
 def supported_specs() -> list[ModelSpec]:
     return list(_REGISTRY)
+
+
+def indexed_modules(transformer: torch.nn.Module, pattern: str) -> list[tuple[str, int, torch.nn.Module]]:
+    """``(name, index, module)`` for modules whose name fullmatches ``pattern``; group 1 is the index."""
+    pat = re.compile(pattern)
+    return [(n, int(m.group(1)), mod) for n, mod in transformer.named_modules() if (m := pat.fullmatch(n))]
 
 
 def modules_matching(transformer: torch.nn.Module, patterns) -> list[tuple[str, torch.nn.Module]]:

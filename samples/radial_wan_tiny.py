@@ -14,6 +14,7 @@ import argparse
 import time
 
 import torch
+from accel.pipelines.wan import WAN
 
 import accel
 from accel.metrics import psnr, relative_l2
@@ -51,8 +52,7 @@ def main() -> None:
             torch.cuda.synchronize()
         return out, time.perf_counter() - t0
 
-    frames_lat = (args.frames - 1) // 4 + 1
-    tokens = frames_lat * (args.height // 16) * (args.width // 16)
+    tokens = WAN.token_count(args.frames, args.height, args.width)
     print(
         f"tiny Wan ({args.layers} layers, 2x64 heads), {args.frames} frames {args.height}x{args.width}: "
         f"{tokens} tokens per self-attention, {args.steps} steps with CFG, device {args.device}"

@@ -135,7 +135,7 @@ def test_two_pipelines_are_independent(wan):
 
 def test_errors_say_what_to_do(wan):
     pipe, _ = wan
-    with pytest.raises(ValueError, match="unknown preset 'radiall'.*available presets"):
+    with pytest.raises(ValueError, match=r"unknown preset 'radiall' \(did you mean 'radial'\?\).*available presets"):
         accelerate(pipe, "radiall")
     with pytest.raises(ValueError, match="decay must be > 0"):
         accelerate(pipe, "radial", decay=-1.0)
@@ -178,3 +178,12 @@ def test_refuses_after_torch_compile(wan):
     assert not accel.is_accelerated(pipe)
     for m in original.modules():
         assert not [h for h in getattr(m, "_diffusers_hook", type("R", (), {"hooks": {}})).hooks if "accel" in h]
+
+
+def test_wan_spec_token_count_and_blocks(wan):
+    from accel.pipelines.wan import WAN
+
+    assert WAN.token_count(81, 480, 832) == 21 * 30 * 52  # Wan2.1 1.3B default: 32,760 tokens
+    assert WAN.token_count(17, 64, 64) == 5 * 4 * 4  # the tiny test call
+    pipe, _ = wan
+    assert WAN.blocks(pipe.transformer) == list(pipe.transformer.blocks)
