@@ -165,14 +165,12 @@ class _CacheHookBase(ModelHook):
 
     def _store(self, state: TaylorState, out, step, input_shape) -> None:
         tensors, rebuild = _flatten(out)
+        before = state.nbytes()  # whatever the state held, replaced ladders included
         if state.ladders is None or state.input_shape != input_shape or len(state.ladders) != len(tensors):
-            if self.meter is not None and state.ladders:
-                self.meter.add(-state.nbytes())
             state.ladders = [TaylorLadder(self.order, self.distance, self.factor_dtype) for _ in tensors]
         state.rebuild = rebuild
         state.input_shape = input_shape
         pos = step.position(self.distance)
-        before = state.nbytes()
         for lad, t in zip(state.ladders, tensors, strict=True):
             lad.update(t, pos)
         if self.meter is not None:
