@@ -32,6 +32,7 @@ from .cli import (
     resolve_request,
     run_pipeline,
 )
+from .cli_output import write_atomic
 
 
 class PeakMemory:
@@ -165,18 +166,6 @@ def _check_side_file(path: str, flag: str, ext: str | None) -> Path:
     except OutputError as e:
         raise CLIError(f"{flag}: {e}") from None
     return p
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    import secrets
-
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _finite(x: float | None) -> float | None:
@@ -322,7 +311,8 @@ def cmd_bench(args) -> int:
                 {**{k: v for k, v in row.items() if k != "psnr_db"}, "psnr_db": _finite(row["psnr_db"])} for row in rows
             ],
         }
-        _write_atomic(json_path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+        text = json.dumps(payload, indent=2, default=str) + "\n"
+        write_atomic(json_path, lambda tmp: tmp.write_text(text))
         print(f"wrote {json_path}")
     if plot_path is not None:
         from .cli_plot import bench_plot
@@ -330,7 +320,8 @@ def cmd_bench(args) -> int:
         title = (
             f"{PROG} bench: {request.source.name}, {request.size_text()}, {request.steps} steps, {env['device_name']}"
         )
-        _write_atomic(plot_path, bench_plot(rows, outputs, title))
+        png = bench_plot(rows, outputs, title)
+        write_atomic(plot_path, lambda tmp: tmp.write_bytes(png))
         print(f"wrote {plot_path}")
     return 0
 

@@ -173,23 +173,36 @@ def _write_file(kind: str, path: Path, frames: np.ndarray, fps: float) -> None:
             path, format="WEBP", save_all=True, append_images=images[1:], duration=duration, loop=0, quality=90
         )
     elif kind == "image":
-        fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-        images[0].save(path, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        _save_image(frames[0], path)
     else:
         raise ValueError(kind)
+
+
+def _save_image(frame: np.ndarray, path: Path) -> None:
+    """One frame as PNG, or JPEG (quality 95) for any other image extension."""
+    from PIL import Image
+
+    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
+    Image.fromarray(frame).save(path, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` to a hidden temporary name beside ``path``, then rename it into place; on any failure the
+    temporary file is removed, so nothing half-written is left."""
+    tmp = _temp_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_output(target: OutputTarget, frames: np.ndarray, fps: float) -> list[Path]:
     """Write ``frames`` (F, H, W, 3; uint8, or float in [0, 1]) to ``target``; returns the files written."""
     frames = to_uint8(frames)
     if target.kind in ("mp4", "gif", "webp", "image"):
-        tmp = _temp_name(target.path)
-        try:
-            _write_file(target.kind, tmp, frames, fps)
-            os.replace(tmp, target.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomic(target.path, lambda tmp: _write_file(target.kind, tmp, frames, fps))
         return [target.path]
     return _write_frames(target, frames)
 
@@ -203,8 +216,6 @@ def _frame_names(target: OutputTarget, count: int) -> list[str]:
 
 
 def _write_frames(target: OutputTarget, frames: np.ndarray) -> list[Path]:
-    from PIL import Image
-
     if target.kind == "frames_dir":
         dest = target.path
         if target.create_parent:
@@ -218,9 +229,7 @@ def _write_frames(target: OutputTarget, frames: np.ndarray) -> list[Path]:
     staging.mkdir()  # (not mkdtemp: its 0700 mode would stick to a folder renamed into place)
     try:
         for name, frame in zip(names, frames, strict=True):
-            ext = Path(name).suffix.lower()
-            fmt = "PNG" if ext == ".png" else "JPEG"
-            Image.fromarray(frame).save(staging / name, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+            _save_image(frame, staging / name)
         if target.kind == "frames_dir" and not dest.exists():
             os.replace(staging, dest)  # the whole folder appears at once
             staging = None
