@@ -20,9 +20,19 @@ class BlockMask:
 
     A size-1 batch or head dimension broadcasts over the attention call. ``QB = ceil(Sq / block_size)`` and
     ``KB = ceil(Sk / block_size)``: the last block of a sequence may be partial, the kernels mask its tail.
+
+    ``key_valid`` (optional, bool ``[Sk]``, shared by every batch element, head and query) marks keys that exist;
+    ``False`` keys are padding (a token permutation that pads frames to whole blocks) and are never attended, even
+    inside kept blocks. ``None`` means every key is real.
     """
 
-    def __init__(self, kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor, block_size: int):
+    def __init__(
+        self,
+        kv_num_blocks: torch.Tensor,
+        kv_indices: torch.Tensor,
+        block_size: int,
+        key_valid: torch.Tensor | None = None,
+    ):
         if kv_num_blocks.dim() != 3 or kv_indices.dim() != 4:
             raise ValueError(
                 "BlockMask expects kv_num_blocks [B, H, QB] and kv_indices [B, H, QB, KB], got "
@@ -35,10 +45,22 @@ class BlockMask:
         self.kv_num_blocks = kv_num_blocks.to(torch.int32).contiguous()
         self.kv_indices = kv_indices.to(torch.int32).contiguous()
         self.block_size = int(block_size)
+        if key_valid is not None:
+            if key_valid.dtype != torch.bool or key_valid.dim() != 1:
+                raise ValueError(
+                    f"key_valid must be a 1-D bool tensor [Sk], got {key_valid.dtype} {tuple(key_valid.shape)}"
+                )
+            if math.ceil(key_valid.numel() / self.block_size) != self.num_k_blocks:
+                raise ValueError(
+                    f"key_valid has {key_valid.numel()} keys, which does not fit {self.num_k_blocks} key blocks of "
+                    f"{self.block_size}"
+                )
+            key_valid = key_valid.to(self.kv_indices.device).contiguous()
+        self.key_valid = key_valid
 
     # ----------------------------------------------------------------------------------------------------------
     @classmethod
-    def from_dense(cls, mask: torch.Tensor, block_size: int) -> BlockMask:
+    def from_dense(cls, mask: torch.Tensor, block_size: int, key_valid: torch.Tensor | None = None) -> BlockMask:
         """Build from a boolean block mask ``[B|1, H|1, QB, KB]`` (also accepts ``[QB, KB]``)."""
         if mask.dtype != torch.bool:
             raise TypeError(f"BlockMask.from_dense needs a bool tensor, got {mask.dtype}")
@@ -51,7 +73,7 @@ class BlockMask:
         order = torch.sort(mask.to(torch.uint8), dim=-1, descending=True, stable=True).indices
         kb = torch.arange(mask.shape[-1], device=mask.device)
         indices = torch.where(kb < counts[..., None], order, torch.zeros_like(order))
-        return cls(counts, indices, block_size)
+        return cls(counts, indices, block_size, key_valid)
 
     @classmethod
     def full(cls, q_blocks: int, k_blocks: int, block_size: int, device=None) -> BlockMask:
@@ -73,7 +95,14 @@ class BlockMask:
         self.check_lengths(q_len, k_len)
         bs = self.block_size
         dense = self.to_dense()
-        return dense.repeat_interleave(bs, dim=-2)[..., :q_len, :].repeat_interleave(bs, dim=-1)[..., :k_len]
+        tok = dense.repeat_interleave(bs, dim=-2)[..., :q_len, :].repeat_interleave(bs, dim=-1)[..., :k_len]
+        if self.key_valid is not None:
+            tok = tok & self.key_valid[:k_len]
+        return tok
+
+    def with_key_valid(self, key_valid: torch.Tensor | None) -> BlockMask:
+        """The same kept blocks with padding keys marked (see the class docstring)."""
+        return BlockMask(self.kv_num_blocks, self.kv_indices, self.block_size, key_valid)
 
     # ----------------------------------------------------------------------------------------------------------
     @property
@@ -98,6 +127,11 @@ class BlockMask:
         total = self.kv_num_blocks.numel() * self.num_k_blocks
         return float(self.kv_num_blocks.sum().item()) / max(total, 1)
 
+    @functools.cached_property
+    def padded_keys(self) -> int:
+        """Number of padding keys (``key_valid`` False)."""
+        return 0 if self.key_valid is None else int((~self.key_valid).sum().item())
+
     @property
     def device(self) -> torch.device:
         return self.kv_indices.device
@@ -105,7 +139,8 @@ class BlockMask:
     def to(self, device) -> BlockMask:
         if torch.device(device) == self.device:
             return self
-        return BlockMask(self.kv_num_blocks.to(device), self.kv_indices.to(device), self.block_size)
+        kv = None if self.key_valid is None else self.key_valid.to(device)
+        return BlockMask(self.kv_num_blocks.to(device), self.kv_indices.to(device), self.block_size, kv)
 
     def check_lengths(self, q_len: int, k_len: int) -> None:
         bs = self.block_size
@@ -114,6 +149,8 @@ class BlockMask:
                 f"BlockMask has {self.num_q_blocks}x{self.num_k_blocks} blocks of {bs} tokens, which does not fit "
                 f"query length {q_len} and key length {k_len} (need ceil(S/{bs}) blocks per side)"
             )
+        if self.key_valid is not None and self.key_valid.numel() != k_len:
+            raise ValueError(f"BlockMask.key_valid has {self.key_valid.numel()} entries for key length {k_len}")
 
     def check_broadcast(self, batch: int, heads: int) -> None:
         b, h = self.kv_indices.shape[:2]
@@ -126,5 +163,5 @@ class BlockMask:
     def __repr__(self) -> str:
         return (
             f"BlockMask(shape={self.shape}, block_size={self.block_size}, density={self.density:.3f}, "
-            f"device={self.device})"
+            f"padded_keys={self.padded_keys}, device={self.device})"
         )
