@@ -1,0 +1,112 @@
+"""Re-ttention's static window mask and its softmax-mass reshaping (Re-ttention, arXiv 2505.22918).
+
+Token rule on frame-major video tokens (see reference/sparse-attention-methods.md section 4.2): the query at frame
+``t``, within-frame raster index ``r`` attends the key at ``(t', r')`` iff ``|t - t'| <= window_frames`` and
+``|r - r'| <= window_tokens``; ``window_frames=None`` keeps every frame (CogVideoX's window replicated across all
+frames). Text tokens attend to everything and are attended by everything.
+
+Re-ttention rescales the sparse output by ``rho``, the share of the full softmax mass that falls inside the mask,
+taken from a recent full-attention step: ``rho = Z_S / Z_full = exp(lse_S - lse_full)``, so
+``rho * softmax_S(s) V = sum_{j in S} exp(s_j - lse_full) v_j``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .block_mask import BlockMask
+from .layout import TokenLayout
+
+
+def _pair_blocks(s: int, r_off: int, c_off: int, window: int, bs: int) -> torch.Tensor:
+    """Kept blocks ``[nR, nC]`` of one frame pair whose ``s x s`` token block starts at ``(r_off, c_off)`` inside its
+    first block: a block is kept iff some row ``r`` and column ``c`` of the pair inside it have ``|r - c| <= window``.
+    """
+    n_r = math.ceil((r_off + s) / bs)
+    n_c = math.ceil((c_off + s) / bs)
+    # Within-frame index range [lo, hi] (inclusive) each block row / column covers.
+    rb, cb = torch.arange(n_r), torch.arange(n_c)
+    r_lo, r_hi = (rb * bs - r_off).clamp(min=0), ((rb + 1) * bs - r_off - 1).clamp(max=s - 1)
+    c_lo, c_hi = (cb * bs - c_off).clamp(min=0), ((cb + 1) * bs - c_off - 1).clamp(max=s - 1)
+    # Two intervals hold points within ``window`` of each other iff the gap between them is at most ``window``.
+    return (r_lo[:, None] <= c_hi[None, :] + window) & (c_lo[None, :] <= r_hi[:, None] + window)
+
+
+@functools.lru_cache(maxsize=64)
+def _rettention_dense(layout: TokenLayout, block_size: int, window_tokens: int, window_frames: int | None):
+    f, s, bs = layout.frames, layout.tokens_per_frame, block_size
+    n = math.ceil(layout.num_tokens / bs)
+    dense = torch.zeros(n, n, dtype=torch.bool)
+    start = layout.video_start
+    wf = f if window_frames is None else window_frames
+    patterns: dict[tuple[int, int], torch.Tensor] = {}
+    for i in range(f):
+        for j in range(max(0, i - wf), min(f, i + wf + 1)):
+            r0, c0 = start + i * s, start + j * s
+            key = (r0 % bs, c0 % bs)
+            if key not in patterns:
+                patterns[key] = _pair_blocks(s, key[0], key[1], window_tokens, bs)
+            p = patterns[key]
+            R, C = r0 // bs, c0 // bs
+            dense[R : R + p.shape[0], C : C + p.shape[1]] |= p
+    if layout.text_len:
+        ts = layout.text_slice
+        first, last = ts.start // bs, (ts.stop - 1) // bs
+        dense[first : last + 1, :] = True
+        dense[:, first : last + 1] = True
+    return dense
+
+
+@functools.lru_cache(maxsize=64)
+def _to_block_mask(dense: torch.Tensor, block_size: int, device: str) -> BlockMask:
+    # ``dense`` comes from the cache above (tensors hash by identity): one BlockMask per arguments and device.
+    return BlockMask.from_dense(dense.to(device)[None, None], block_size)
+
+
+def rettention_mask(
+    layout: TokenLayout,
+    block_size: int = 128,
+    window_tokens: int = 128,
+    window_frames: int | None = 1,
+    *,
+    device: torch.device | str | None = None,
+) -> BlockMask:
+    """Re-ttention's window as a :class:`BlockMask` ``[1, 1, QB, KB]`` (``ceil(num_tokens / block_size)`` blocks).
+
+    A block pair is kept iff any token pair inside it satisfies the token rule (module docstring), so the block mask
+    contains the token rule; the kernels attend whole kept blocks. Cached by its arguments.
+    """
+    if window_tokens < 0:
+        raise ValueError(f"window_tokens must be >= 0, got {window_tokens}")
+    if window_frames is not None and window_frames < 0:
+        raise ValueError(f"window_frames must be >= 0 or None, got {window_frames}")
+    wf = None if window_frames is None else int(window_frames)
+    dense = _rettention_dense(layout, int(block_size), int(window_tokens), wf)
+    return _to_block_mask(dense, int(block_size), str(torch.device(device)) if device is not None else "cpu")
+
+
+def mass_ratio(lse_sparse: torch.Tensor, lse_full: torch.Tensor) -> torch.Tensor:
+    """``rho = exp(lse_sparse - lse_full)``: the share of full softmax mass inside the mask, fp32 ``[B, H, S]``.
+
+    Clamped to ``[0, 1]`` (rounding can push it just above 1); rows with ``lse_sparse = -inf`` (nothing kept) give 0.
+    """
+    if lse_sparse.shape != lse_full.shape:
+        raise ValueError(f"lse shapes differ: {tuple(lse_sparse.shape)} vs {tuple(lse_full.shape)}")
+    ls, lf = lse_sparse.float(), lse_full.float()
+    kept = torch.isfinite(ls)
+    rho = torch.exp(torch.where(kept, ls, lf) - lf)
+    return torch.where(kept, rho, torch.zeros_like(rho)).clamp(0.0, 1.0)
+
+
+def reshape_sparse(out_sparse: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """Rescale a sparse attention output by its mass ratio: ``out [B, S, H, D] * rho [B, H, S]``.
+
+    Computed in fp32, returned in ``out_sparse``'s dtype.
+    """
+    B, S, H, _ = out_sparse.shape
+    if rho.shape != (B, H, S):
+        raise ValueError(f"rho must be [B, H, S] = {(B, H, S)} for out [B, S, H, D], got {tuple(rho.shape)}")
+    return (out_sparse.float() * rho.float().transpose(1, 2)[..., None]).to(out_sparse.dtype)
