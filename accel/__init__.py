@@ -8,16 +8,36 @@
 """
 
 from .api import accel_config, accelerate, disable, is_accelerated, stats
-from .config import AccelConfig, RadialConfig, TaylorSeerConfig, list_presets
+from .config import (
+    AccelConfig,
+    DraftConfig,
+    RadialConfig,
+    RettentionConfig,
+    SparseVDiTConfig,
+    TaylorSeerConfig,
+    list_presets,
+)
+
+
+def calibrate(pipe, prompts, **kwargs):
+    """Sparse-vDiT calibration: see :func:`accel.calibration.calibrate` (imported lazily: it loads the kernels)."""
+    from .calibration import calibrate as _calibrate
+
+    return _calibrate(pipe, prompts, **kwargs)
+
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccelConfig",
+    "DraftConfig",
     "RadialConfig",
+    "RettentionConfig",
+    "SparseVDiTConfig",
     "TaylorSeerConfig",
     "accel_config",
     "accelerate",
+    "calibrate",
     "disable",
     "is_accelerated",
     "list_presets",

@@ -90,8 +90,9 @@ class StepHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, transformer_name: str, layout_fn, timestep_fn, pipe):
+    def __init__(self, transformer_name: str, layout_fn, timestep_fn, pipe, on_reset=()):
         super().__init__()
+        self.on_reset = tuple(on_reset)  # callables run when diffusers resets stateful hooks (end of a pipeline call)
         self.transformer_name = transformer_name
         self.layout_fn = layout_fn
         self.timestep_fn = timestep_fn
@@ -168,6 +169,8 @@ class StepHook(ModelHook):
 
     def reset_state(self, module):
         self.calls.clear()
+        for fn in self.on_reset:
+            fn()
         return module
 
 

@@ -6,7 +6,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import AccelConfig, RadialConfig, resolve_config
+from .config import AccelConfig, DraftConfig, RadialConfig, RettentionConfig, SparseVDiTConfig, resolve_config
 from .state import Stats
 
 _STATE_ATTR = "_accel_state"
@@ -23,14 +23,28 @@ class _Installed:
     call_sites: list[str] = field(default_factory=list)
     transformers: list[Any] = field(default_factory=list)
     meter: Any = None  # caches.MemoryMeter when a feature cache is installed
+    method: Any = None  # the attention method object
     finalizers: list[Any] = field(default_factory=list)
 
 
-def _method_for(config) -> Any:
+def _method_for(config, models: dict[str, dict]) -> Any:
+    """The attention method object for a resolved config. ``models``: transformer name -> architecture key."""
     if isinstance(config, RadialConfig):
         from .radial import RadialMethod
 
         return RadialMethod(config)
+    if isinstance(config, DraftConfig):
+        from .draft import DraftMethod
+
+        return DraftMethod(config)
+    if isinstance(config, SparseVDiTConfig):
+        from .sparse_vdit import SparseVDiTMethod
+
+        return SparseVDiTMethod(config, models)
+    if isinstance(config, RettentionConfig):
+        from .rettention import RettentionMethod
+
+        return RettentionMethod(config)
     raise TypeError(f"no attention method for {type(config).__name__}")
 
 
@@ -46,13 +60,18 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
     Keyword overrides set fields of the preset's configs, e.g. ``accelerate(pipe, "radial", decay=0.5)``.
     Undo with :func:`disable`.
     """
+    return _accelerate(pipe, resolve_config(preset, overrides))
+
+
+def _accelerate(pipe, config: AccelConfig, method_factory=None):
+    """Install ``config`` on ``pipe``. ``method_factory(resolved_attention_config, models)`` replaces the attention
+    method built from the config (calibration installs a measuring method this way)."""
     from accel.pipelines import spec_for_transformer, supported_models_text
 
     from . import _diffusers_bridge as bridge
     from .dispatch import route_attention
     from .state import LayerPlan
 
-    config = resolve_config(preset, overrides)
     if getattr(pipe, _STATE_ATTR, None) is not None:
         raise RuntimeError(
             "this pipeline is already accelerated; call accel.disable(pipe) before applying another preset"
@@ -86,7 +105,9 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
         method = attn_cfg = cache_cfg = None
         if config.attention is not None:
             attn_cfg = config.attention.with_defaults(defaults.get(config.attention.method, {}))
-            method = _method_for(attn_cfg)
+            models = {name: s.architecture_key(t) for (name, t), s in zip(transformers, specs, strict=True)}
+            method = (method_factory or _method_for)(attn_cfg, models)
+            installed.method = method
         if config.cache is not None:
             cache_cfg = config.cache.with_defaults(defaults.get(config.cache.method, {}))
         installed.config = AccelConfig(attention=attn_cfg, cache=cache_cfg)
@@ -104,7 +125,13 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
         for (name, transformer), tspec in zip(transformers, specs, strict=True) if installs else ():
             bridge.add_hook(
                 transformer,
-                bridge.StepHook(name, tspec.layout_from_inputs, tspec.timestep_from_inputs, pipe),
+                bridge.StepHook(
+                    name,
+                    tspec.layout_from_inputs,
+                    tspec.timestep_from_inputs,
+                    pipe,
+                    on_reset=[method.reset] if hasattr(method, "reset") else [],
+                ),
                 bridge.STEP_HOOK,
             )
             installed.hooks.append((transformer, bridge.STEP_HOOK))
@@ -213,6 +240,8 @@ def stats(pipe, reset: bool = False) -> dict[str, Any]:
     if installed is None:
         raise ValueError("this pipeline is not accelerated; call accel.accelerate(pipe, preset) first")
     out = installed.stats.as_dict()
+    if hasattr(installed.method, "memory"):
+        out.update(installed.method.memory())
     if installed.meter is not None:
         out["cache_bytes"] = installed.meter.current
         out["cache_peak_bytes"] = installed.meter.peak

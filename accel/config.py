@@ -22,6 +22,21 @@ def _fill_unset(cfg, model_defaults: dict[str, Any], generic: dict[str, Any]):
     return dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k, None) is None})
 
 
+def _check_gating(cfg) -> None:
+    """Checks for the fields every sparse attention config shares (dense warm-up, dense layers, blocks, backend)."""
+    _check(
+        cfg.dense_step_fraction is None or 0.0 <= cfg.dense_step_fraction <= 1.0,
+        f"dense_step_fraction must be in [0, 1] (a fraction of the steps), got {cfg.dense_step_fraction}",
+    )
+    _check(cfg.dense_layers is None or cfg.dense_layers >= 0, "dense_layers must be >= 0")
+    _check(
+        cfg.block_size >= 16 and cfg.block_size & (cfg.block_size - 1) == 0,
+        f"block_size must be a power of two >= 16, got {cfg.block_size}",
+    )
+    _check(cfg.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
+    _check(cfg.min_blocks >= 1, "min_blocks must be >= 1")
+
+
 @dataclass(frozen=True)
 class RadialConfig:
     """Radial attention (static energy-decay mask). ``None`` fields take the model's published default.
@@ -49,22 +64,145 @@ class RadialConfig:
 
     def __post_init__(self):
         _check(self.decay is None or self.decay > 0, f"radial decay must be > 0, got {self.decay}")
-        _check(
-            self.dense_step_fraction is None or 0.0 <= self.dense_step_fraction <= 1.0,
-            f"dense_step_fraction must be in [0, 1] (a fraction of the steps), got {self.dense_step_fraction}",
-        )
-        _check(self.dense_layers is None or self.dense_layers >= 0, "dense_layers must be >= 0")
-        _check(
-            self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0,
-            f"block_size must be a power of two >= 16, got {self.block_size}",
-        )
-        _check(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        _check_gating(self)
         _check(0.0 < self.max_density <= 1.0, "max_density must be in (0, 1]")
-        _check(self.min_blocks >= 1, "min_blocks must be >= 1")
 
     def with_defaults(self, defaults: dict[str, Any]) -> RadialConfig:
         generic = {"decay": 1.0, "dense_step_fraction": 0.24, "dense_layers": 1, "sink": False}
         return _fill_unset(self, defaults, generic)
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    """DraftAttention (dynamic per-head block selection from a pooled low-resolution attention map).
+
+    - ``sparsity``: fraction of (video query patch, video key patch) pairs dropped per head (Wan 0.75, Hunyuan 0.9).
+    - ``dense_step_fraction``: leading fraction of steps run dense (published: t > 925 on Wan, about 15 of 50).
+    - ``dense_layers``: the first N self-attention layers run dense (Wan: block 0).
+    - ``patch``: (rows, cols) of latent tokens pooled into one draft token; rows * cols must equal ``block_size``.
+      Frames that do not divide into patches are padded (padding keys are masked), never refused.
+    - ``pool_backend``: ``auto`` (Triton on CUDA) | ``triton`` | ``torch`` for the pooling kernel.
+    - ``block_size``, ``backend``, ``min_blocks``: as for radial.
+    """
+
+    sparsity: float | None = None
+    dense_step_fraction: float | None = None
+    dense_layers: int | None = None
+    patch: tuple[int, int] = (8, 16)
+    block_size: int = 128
+    backend: str = "auto"
+    pool_backend: str = "auto"
+    min_blocks: int = 4
+
+    method = "draft"
+
+    def __post_init__(self):
+        _check(
+            self.sparsity is None or 0.0 <= self.sparsity < 1.0,
+            f"draft sparsity must be in [0, 1) (the fraction of patch pairs dropped), got {self.sparsity}",
+        )
+        _check_gating(self)
+        object.__setattr__(self, "patch", tuple(int(x) for x in self.patch))
+        _check(
+            len(self.patch) == 2 and self.patch[0] * self.patch[1] == self.block_size,
+            f"draft patch {self.patch} must be (rows, cols) with rows * cols == block_size ({self.block_size})",
+        )
+        _check(self.pool_backend in ("auto", "triton", "torch"), "pool_backend must be 'auto', 'triton' or 'torch'")
+
+    def with_defaults(self, defaults: dict[str, Any]) -> DraftConfig:
+        return _fill_unset(self, defaults, {"sparsity": 0.75, "dense_step_fraction": 0.3, "dense_layers": 1})
+
+
+COST_MODELS = ("flops", "measured")
+
+
+@dataclass(frozen=True)
+class SparseVDiTConfig:
+    """Sparse-vDiT: a static pattern per (layer, head) chosen offline by :func:`accel.calibrate`.
+
+    - ``plan``: path of the calibration plan (JSON) to use. ``None``: look up the plan matching the model, token
+      grid and step count in the plan directory (``$ACCEL_PLAN_DIR``, default ``~/.cache/diffusion-fast/plans``),
+      where ``calibrate`` saves by default. A missing or mismatched plan is an error that says how to calibrate.
+    - ``dense_step_fraction`` / ``dense_layers``: dense warm-up, as for radial (calibration skips those calls).
+    - ``block_size``, ``backend``, ``min_blocks``: as for radial.
+    """
+
+    plan: str | None = None
+    dense_step_fraction: float | None = None
+    dense_layers: int | None = None
+    block_size: int = 128
+    backend: str = "auto"
+    min_blocks: int = 4
+
+    method = "sparse-vdit"
+
+    def __post_init__(self):
+        _check_gating(self)
+
+    def with_defaults(self, defaults: dict[str, Any]) -> SparseVDiTConfig:
+        return _fill_unset(self, defaults, {"dense_step_fraction": 0.2, "dense_layers": 1})
+
+
+RESIDUAL_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class RettentionConfig:
+    """Re-ttention: a very sparse static mask plus the statistical reshape of its output.
+
+    At recalibration steps attention runs dense and sparse; per query row the share of softmax mass inside the mask
+    (``rho``, from the two LSEs) and the residual between dense and reshaped-sparse outputs are cached per (layer,
+    guidance branch). At sparse steps the output is ``rho * sparse + residual``.
+
+    - ``window_tokens``: keys within this many tokens of the query's within-frame index are kept ...
+    - ``window_frames``: ... in frames at most this far from the query's frame (-1: every frame).
+    - ``dense_step_fraction``: leading fraction of steps run dense (published: 15 of 50 CogVideoX, 5 of 20 PixArt).
+    - ``recalibrate_every``: a recalibration step every N steps after the warm-up (published: 5 at 50 steps;
+      ``None`` scales it to the step count: ``max(2, round(num_steps / 10))``).
+    - ``ratio_drift``: added to ``rho`` after every sparse step since the last recalibration (published 0.04).
+    - ``reshape``: rescale by ``rho`` (False: the same mask and residual without the reshape).
+    - ``residual``: cache and add the residual.
+    - ``residual_dtype``: storage dtype of residuals (None: the attention output's dtype).
+    - ``residual_layers``: layer indices that keep a residual (None: all); the others still get the reshape.
+    - ``dense_layers``, ``block_size``, ``backend``, ``min_blocks``: as for radial.
+    """
+
+    window_tokens: int = 128
+    window_frames: int = 1
+    dense_step_fraction: float | None = None
+    recalibrate_every: int | None = None
+    ratio_drift: float = 0.04
+    reshape: bool = True
+    residual: bool = True
+    residual_dtype: str | None = None
+    residual_layers: tuple[int, ...] | None = None
+    dense_layers: int | None = None
+    block_size: int = 128
+    backend: str = "auto"
+    min_blocks: int = 4
+
+    method = "rettention"
+
+    def __post_init__(self):
+        _check(self.window_tokens >= 0, f"window_tokens must be >= 0, got {self.window_tokens}")
+        _check(self.window_frames >= -1, f"window_frames must be >= 0 (-1: every frame), got {self.window_frames}")
+        _check(
+            self.recalibrate_every is None or self.recalibrate_every >= 1,
+            f"recalibrate_every must be >= 1, got {self.recalibrate_every}",
+        )
+        _check(self.ratio_drift >= 0, "ratio_drift must be >= 0")
+        _check(self.residual_dtype in RESIDUAL_DTYPES, f"residual_dtype must be one of {RESIDUAL_DTYPES}")
+        if self.residual_layers is not None:
+            object.__setattr__(self, "residual_layers", tuple(int(i) for i in self.residual_layers))
+        _check_gating(self)
+
+    def with_defaults(self, defaults: dict[str, Any]) -> RettentionConfig:
+        return _fill_unset(self, defaults, {"dense_step_fraction": 0.3, "dense_layers": 0})
+
+    def recalibration_interval(self, num_steps: int | None) -> int:
+        if self.recalibrate_every is not None:
+            return self.recalibrate_every
+        return max(2, round((num_steps or 50) / 10))
 
 
 DISTANCES = ("sigma", "timestep", "step")
@@ -114,7 +252,9 @@ class TaylorSeerConfig:
         return _fill_unset(self, defaults, {"interval": 5, "order": 1, "warmup_steps": 1})
 
 
-ATTENTION_CONFIGS: dict[str, type] = {"radial": RadialConfig}
+ATTENTION_CONFIGS: dict[str, type] = {
+    c.method: c for c in (RadialConfig, DraftConfig, SparseVDiTConfig, RettentionConfig)
+}
 CACHE_CONFIGS: dict[str, type] = {"taylorseer": TaylorSeerConfig}
 
 
@@ -155,6 +295,21 @@ PRESETS: dict[str, Preset] = {
             "radial",
             "Radial Attention: static O(n log n) energy-decay block mask, dense warm-up steps and first layer",
             AccelConfig(attention=RadialConfig()),
+        ),
+        Preset(
+            "draft",
+            "DraftAttention: per-head top blocks of a pooled (8x16 patch) attention map, recomputed every call",
+            AccelConfig(attention=DraftConfig()),
+        ),
+        Preset(
+            "sparse-vdit",
+            "Sparse-vDiT: per-head diagonal/multi-diagonal/stripe/skip patterns from an accel.calibrate() plan",
+            AccelConfig(attention=SparseVDiTConfig()),
+        ),
+        Preset(
+            "rettention",
+            "Re-ttention: very sparse local mask with the softmax-mass reshape and residual cached at recalibration",
+            AccelConfig(attention=RettentionConfig()),
         ),
         Preset(
             "taylorseer",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +65,12 @@ class ModelSpec:
         """Self-attention video tokens for a request in pixels and frames (Wan 81x480x832: 21 x 30 x 52)."""
         latent_frames = (frames - 1) // self.frame_multiple + 1
         return latent_frames * (height // self.spatial_multiple) * (width // self.spatial_multiple)
+
+    def architecture_key(self, transformer: torch.nn.Module) -> dict[str, str]:
+        """Identifies a transformer's architecture (for calibration plans): spec, class and a hash of its config."""
+        cfg = {k: v for k, v in dict(getattr(transformer, "config", {})).items() if not str(k).startswith("_")}
+        digest = hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return {"spec": self.name, "class": type(transformer).__name__, "config_sha1": digest}
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         """The transformer blocks in call order (``cache_block_pattern``), or [] when the spec does not say."""

@@ -33,9 +33,12 @@ def wan_defaults(pipe) -> dict:
         radial = {"decay": 0.8, "dense_step_fraction": 11 / 40, "dense_layers": 1, "sink": True}
     else:
         radial = {"decay": 0.2, "dense_step_fraction": 12 / 50, "dense_layers": 1, "sink": True}
+    # DraftAttention's Wan2.1 scripts: sparsity 0.75, block 0 dense, dense while t > 925 (about 15 of 50 steps at
+    # shift 5). Re-ttention and Sparse-vDiT publish no Wan settings: their generic defaults apply (accel/config.py).
+    draft = {"sparsity": 0.75, "dense_step_fraction": 15 / 50, "dense_layers": 1}
     # TaylorSeer-Wan2.1: fresh_threshold 5, max_order 1, first_enhance 1.
     taylorseer = {"interval": 5, "order": 1, "warmup_steps": 1}
-    return {"radial": radial, "taylorseer": taylorseer}
+    return {"radial": radial, "draft": draft, "taylorseer": taylorseer}
 
 
 WAN = register_spec(

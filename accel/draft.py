@@ -1,0 +1,40 @@
+"""DraftAttention planner: dense warm-up, then per-call, per-head block selection from a pooled attention map."""
+
+from __future__ import annotations
+
+from accel.attention_kernels.draft import draft_attention
+
+from .config import DraftConfig
+from .gating import dense_steps, kernel_backend, runs_dense
+from .state import Stats, StepInfo
+
+
+class DraftMethod:
+    name = "draft"
+
+    def __init__(self, config: DraftConfig):
+        self.config = config
+
+    def requires_full(self, step_index: int, num_steps: int | None) -> bool:
+        return step_index < dense_steps(self.config.dense_step_fraction, num_steps)
+
+    def attend(self, q, k, v, step: StepInfo, layer_index: int, scale, stats: Stats):
+        cfg = self.config
+        if runs_dense(cfg, step, layer_index, stats):
+            return None
+        out, mask = draft_attention(
+            q,
+            k,
+            v,
+            step.layout,
+            cfg.sparsity,
+            block_size=cfg.block_size,
+            patch=cfg.patch,
+            scale=scale,
+            backend=kernel_backend(cfg.backend, q),
+            pool_backend=cfg.pool_backend,
+            return_mask=True,
+        )
+        # The mask changes every call; its density (a host sync on CUDA) is what the stats report.
+        stats.add("sparse", density=mask.density)
+        return out

@@ -1,0 +1,39 @@
+"""What every sparse attention method shares: dense warm-up steps, dense first layers, short sequences, backend."""
+
+from __future__ import annotations
+
+import math
+
+from accel.attention_kernels.api import TRITON_HEAD_DIMS
+
+from .state import Stats, StepInfo
+
+
+def dense_steps(fraction: float, num_steps: int | None) -> int:
+    """Number of leading dense steps; with an unknown step count assume the published 50."""
+    return int(fraction * (num_steps if num_steps else 50) + 0.5)
+
+
+def runs_dense(cfg, step: StepInfo, layer_index: int, stats: Stats) -> bool:
+    """True (and counted, with the reason) when this call keeps the original dense attention.
+
+    ``cfg`` has ``dense_layers``, ``dense_step_fraction``, ``block_size`` and ``min_blocks``.
+    """
+    if layer_index < cfg.dense_layers:
+        stats.add("dense", "first_layers")
+        return True
+    if step.step_index < dense_steps(cfg.dense_step_fraction, step.num_steps):
+        stats.add("dense", "warmup_steps")
+        return True
+    if math.ceil(step.layout.num_tokens / cfg.block_size) < cfg.min_blocks:
+        stats.add("dense", "short_sequence")
+        return True
+    return False
+
+
+def kernel_backend(backend: str, q) -> str:
+    """The configured backend, except that ``auto`` on CUDA with a head dim the Triton kernel is not built for still
+    gets a sparse kernel (FlexAttention)."""
+    if backend == "auto" and q.is_cuda and q.shape[-1] not in TRITON_HEAD_DIMS:
+        return "flex"
+    return backend

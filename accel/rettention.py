@@ -1,0 +1,121 @@
+"""Re-ttention planner: very sparse static mask, softmax-mass reshape and residual cached per (layer, branch).
+
+Schedule (Re-ttention's, scaled to the step count): steps before ``dense_steps`` run dense; from then on every
+``interval``-th step is a recalibration step (dense and sparse both run; ``rho`` and the residual are refreshed and
+the dense output is returned); the steps between are sparse: ``rho' * sparse + residual`` with
+``rho' = rho + ratio_drift * (sparse steps since the recalibration)``.
+
+The residual is kept before the output projection: ``to_out`` is linear, so adding ``R`` before it equals adding
+``to_out(R)`` after it (the bias cancels in the difference), as the published code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from accel.attention_kernels import BlockMask, block_sparse_attention
+from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rettention_mask
+
+from .config import RettentionConfig
+from .gating import dense_steps, kernel_backend, runs_dense
+from .state import Stats, StepInfo
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class _RowState:
+    """Cached at the last recalibration of one (transformer, layer, branch)."""
+
+    step_index: int  # last step this state served
+    rho: torch.Tensor  # [B, H, S] fp32: share of softmax mass inside the mask
+    residual: torch.Tensor | None  # [B, S, H, D]: dense - rho * sparse
+    sparse_steps: int = 0  # sparse steps since the recalibration (drives the ratio drift)
+
+    def nbytes(self) -> int:
+        r = 0 if self.residual is None else self.residual.numel() * self.residual.element_size()
+        return self.rho.numel() * self.rho.element_size() + r
+
+
+class RettentionMethod:
+    name = "rettention"
+
+    def __init__(self, config: RettentionConfig):
+        self.config = config
+        self.states: dict[tuple, _RowState] = {}
+        self.bytes = 0
+        self.peak_bytes = 0
+
+    # ---- schedule ---------------------------------------------------------------------------------------------
+    def _dense_steps(self, num_steps: int | None) -> int:
+        return dense_steps(self.config.dense_step_fraction, num_steps)
+
+    def is_recalibration(self, step_index: int, num_steps: int | None) -> bool:
+        start = self._dense_steps(num_steps)
+        return step_index >= start and (step_index - start) % self.config.recalibration_interval(num_steps) == 0
+
+    def requires_full(self, step_index: int, num_steps: int | None) -> bool:
+        """Dense warm-up and recalibration steps must really run (a feature cache must not skip them)."""
+        return step_index < self._dense_steps(num_steps) or self.is_recalibration(step_index, num_steps)
+
+    # ---- state ------------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Drop every cached rho and residual (end of a pipeline call)."""
+        self.states.clear()
+        self._account()
+
+    def _account(self) -> None:
+        self.bytes = sum(s.nbytes() for s in self.states.values())
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+
+    def memory(self) -> dict[str, int]:
+        return {"rettention_bytes": self.bytes, "rettention_peak_bytes": self.peak_bytes}
+
+    def mask_for(self, step: StepInfo, device) -> BlockMask:
+        cfg = self.config
+        frames = None if cfg.window_frames < 0 else cfg.window_frames
+        return rettention_mask(step.layout, cfg.block_size, cfg.window_tokens, frames, device=device)
+
+    # ---- attention --------------------------------------------------------------------------------------------
+    def attend(self, q, k, v, step: StepInfo, layer_index: int, scale, stats: Stats):
+        cfg = self.config
+        if runs_dense(cfg, step, layer_index, stats):
+            return None
+        key = (step.transformer, layer_index, step.branch)
+        state = self.states.get(key)
+        shape = (q.shape[0], q.shape[2], q.shape[1])
+        if state is not None and (state.step_index >= step.step_index or tuple(state.rho.shape) != shape):
+            # A new generation (the step went back) or a different request: what was cached does not apply.
+            del self.states[key]
+            state = None
+        mask = self.mask_for(step, q.device)
+        backend = kernel_backend(cfg.backend, q)
+        if state is None or self.is_recalibration(step.step_index, step.num_steps):
+            return self._recalibrate(q, k, v, mask, key, step, layer_index, scale, backend, stats)
+        out = block_sparse_attention(q, k, v, mask, scale=scale, backend=backend)
+        if cfg.reshape:
+            out = reshape_sparse(out, state.rho + cfg.ratio_drift * state.sparse_steps)
+        if state.residual is not None:
+            out = out + state.residual.to(out.dtype)
+        state.sparse_steps += 1
+        state.step_index = step.step_index
+        stats.add("sparse", density=mask.density)
+        return out
+
+    def _recalibrate(self, q, k, v, mask, key, step, layer_index, scale, backend, stats):
+        cfg = self.config
+        full = BlockMask.full(mask.num_q_blocks, mask.num_k_blocks, mask.block_size, device=q.device)
+        dense, lse_full = block_sparse_attention(q, k, v, full, scale=scale, backend=backend, return_lse=True)
+        sparse, lse_sparse = block_sparse_attention(q, k, v, mask, scale=scale, backend=backend, return_lse=True)
+        rho = mass_ratio(lse_sparse, lse_full)
+        residual = None
+        if cfg.residual and (cfg.residual_layers is None or layer_index in cfg.residual_layers):
+            approx = reshape_sparse(sparse, rho) if cfg.reshape else sparse
+            dtype = _DTYPES.get(cfg.residual_dtype, dense.dtype)
+            residual = (dense.float() - approx.float()).to(dtype)
+        self.states[key] = _RowState(step.step_index, rho, residual)
+        self._account()
+        stats.add("dense", "recalibration")
+        return dense
