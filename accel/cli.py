@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import Any
 
 PROG = "diffusion-fast"
-COMMANDS = ("render", "bench", "presets", "models")
+COMMANDS = ("render", "bench", "calibrate", "presets", "models")
+DEFAULT_CALIBRATION_PROMPTS = (
+    "a red fox running through snow",
+    "waves breaking on a rocky beach at sunset",
+    "a busy city street at night, neon signs reflecting in puddles",
+)
 DEFAULT_BENCH_PROMPT = "a red fox running through snow"
 FALLBACK_FPS = 16
 
@@ -149,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = top.add_subparsers(dest="command", metavar="{render,bench,presets,models}")
+    sub = top.add_subparsers(dest="command", metavar="{render,bench,calibrate,presets,models}")
 
     r = sub.add_parser(
         "render",
@@ -204,6 +209,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(b)
     _add_generation_args(b)
     b.set_defaults(func=_cmd_bench)
+
+    c = sub.add_parser(
+        "calibrate",
+        help="Sparse-vDiT: measure per-head attention patterns on dense runs and save the plan the sparse-vdit "
+        "preset loads",
+        description="Run dense generations of a few prompts, measure every candidate attention pattern per "
+        "(layer, head) against dense attention, pick the cheapest one within --tolerance and save the plan (JSON). "
+        "Calibrate with the height, width, frames and steps you will render: the plan is keyed by them and by the "
+        f"model. Then render with `{PROG} --preset sparse-vdit ...` (the same sizes find the plan by themselves; "
+        "a plan saved elsewhere is used with --set plan=PATH). --set takes the preset's dense_step_fraction, "
+        "dense_layers, block_size and backend.",
+    )
+    c.add_argument("prompts", nargs="*", help="calibration prompts (default: three built-in prompts)")
+    c.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (blank lines and # comments skipped)")
+    c.add_argument(
+        "-o", "--output", help="plan path (default: the plan directory, $ACCEL_PLAN_DIR or ~/.cache/diffusion-fast)"
+    )
+    c.add_argument(
+        "--tolerance",
+        type=_positive_float,
+        default=0.05,
+        help="largest error of a head's output, relative to the layer's mean head energy (default: 0.05)",
+    )
+    c.add_argument("--step-buckets", type=_positive_int, default=1, help="choose patterns per range of steps")
+    c.add_argument("--cost-model", choices=("flops", "measured"), default="flops", help="how candidates are priced")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_model_args(c)
+    _add_generation_args(c)
+    c.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("presets", help="list acceleration presets, one per line")
     p.set_defaults(func=cmd_presets)
@@ -591,8 +625,12 @@ def run_pipeline(pipe, request: Request, prompt: str, *, progress: bool, desc: s
     with timer:
         sync(request.device)
         t0 = time.perf_counter()
+        from .sparse_vdit import PlanError
+
         try:
             out = pipe(prompt=prompt, generator=generator, **kwargs)
+        except PlanError as e:  # sparse-vdit without a plan for this request
+            raise CLIError(str(e), code=1) from None
         except ValueError as e:  # diffusers' check_inputs: the request does not suit this pipeline
             raise CLIError(f"{type(pipe).__name__} rejected the request: {e}", code=1) from e
         sync(request.device)
@@ -762,6 +800,47 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .cli_bench import cmd_bench
 
     return cmd_bench(args)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import accel
+
+    if args.prompts and args.prompts_file:
+        raise CLIError("give prompts or --prompts-file, not both")
+    if args.prompts_file:
+        args.prompt = None
+        prompts = read_prompts(args)
+    else:
+        prompts = list(args.prompts) or list(DEFAULT_CALIBRATION_PROMPTS)
+    request, _ = resolve_request(args, ["sparse-vdit"])
+    over = request.overrides_by_preset["sparse-vdit"]
+    if "plan" in over:
+        raise CLIError("calibrate writes a plan: give its path with -o/--output, not --set plan=...")
+    pipe = load(request, args.quiet)
+    pipe.set_progress_bar_config(disable=args.quiet, leave=False, file=sys.stderr)
+    kwargs = {**request.call_kwargs(), "output_type": "latent"}
+    t0 = time.perf_counter()
+    try:
+        plan = accel.calibrate(
+            pipe,
+            prompts,
+            path=args.output,
+            tolerance=args.tolerance,
+            step_buckets=args.step_buckets,
+            cost_model=args.cost_model,
+            **over,
+            **kwargs,
+        )
+    except ValueError as e:
+        raise CLIError(str(e), code=1) from None
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(plan.meta["pattern_counts"].items()))
+    print(
+        f"saved {plan.meta['path']}: {len(prompts)} prompts in {time.perf_counter() - t0:.1f} s | head patterns: "
+        f"{counts} | mean kept fraction {plan.meta['mean_kept_fraction']:.2f} at tolerance {args.tolerance:g} | "
+        f"model {request.source.name}",
+        flush=True,
+    )
+    return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

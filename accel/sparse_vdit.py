@@ -16,6 +16,17 @@ from .config import SparseVDiTConfig
 from .gating import dense_steps, kernel_backend, runs_dense
 from .state import Stats, StepInfo
 
+
+class PlanError(ValueError):
+    """A Sparse-vDiT plan that is missing, invalid or made for another model or request."""
+
+
+class PlanNotFoundError(PlanError, FileNotFoundError):
+    """No plan file where one was expected."""
+
+
+CALIBRATE_HOW = "accel.calibrate(pipe, prompts, ...) (command line: diffusion-fast calibrate)"
+
 PLAN_FORMAT = "diffusion-fast/sparse-vdit-plan"
 PLAN_VERSION = 1
 
@@ -81,22 +92,22 @@ class Plan:
         """Raise a ValueError unless the plan was calibrated on these transformers."""
         for name, key in models.items():
             if name in self.patterns and self.models.get(name) != key:
-                raise ValueError(
+                raise PlanError(
                     f"Sparse-vDiT plan {source} was calibrated for another model ({self.models.get(name)}), not "
-                    f"pipe.{name} ({key}); run accel.calibrate(pipe, prompts, ...) for this model"
+                    f"pipe.{name} ({key}); run {CALIBRATE_HOW} for this model"
                 )
         if not set(self.patterns) & set(models):
-            raise ValueError(
+            raise PlanError(
                 f"Sparse-vDiT plan {source} covers {sorted(self.patterns)}, none of this pipeline's transformers "
-                f"{sorted(models)}; run accel.calibrate(pipe, prompts, ...) for this pipeline"
+                f"{sorted(models)}; run {CALIBRATE_HOW} for this pipeline"
             )
 
     def check(self, models: dict[str, dict], layout: TokenLayout, num_steps: int | None, source: str) -> None:
         """Raise a ValueError saying what differs and how to get a matching plan."""
         self.check_models(models, source)
-        how = "run accel.calibrate(pipe, prompts, ...) at this resolution, frame count and step count"
+        how = f"run {CALIBRATE_HOW} at this resolution, frame count and step count"
         if layout != self.layout or (num_steps is not None and num_steps != self.num_steps):
-            raise ValueError(
+            raise PlanError(
                 f"Sparse-vDiT plan {source} was calibrated for {_describe(self.layout, self.num_steps)}, but this "
                 f"call has {_describe(layout, num_steps)}; {how}"
             )
@@ -121,7 +132,7 @@ class Plan:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Plan:
         if d.get("format") != PLAN_FORMAT or d.get("version") != PLAN_VERSION:
-            raise ValueError(f"not a Sparse-vDiT plan (format {PLAN_FORMAT!r} version {PLAN_VERSION})")
+            raise PlanError(f"not a Sparse-vDiT plan (format {PLAN_FORMAT!r} version {PLAN_VERSION})")
         return cls(
             models=d["models"],
             layout=TokenLayout(**d["layout"]),
@@ -150,14 +161,14 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise PlanNotFoundError(
                 f"Sparse-vDiT plan {str(path)!r} does not exist; create it with accel.calibrate(pipe, prompts, "
                 "path=...) at the resolution, frame count and step count you will render"
             )
         try:
             return cls.from_json(json.loads(path.read_text()))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{str(path)!r} is not a valid Sparse-vDiT plan ({exc}); calibrate it again") from exc
+            raise PlanError(f"{str(path)!r} is not a valid Sparse-vDiT plan ({exc}); calibrate it again") from exc
 
 
 class SparseVDiTMethod:
@@ -181,14 +192,14 @@ class SparseVDiTMethod:
         key = (step.layout, step.num_steps)
         if key not in self._found:
             if step.num_steps is None:
-                raise ValueError(
+                raise PlanError(
                     "Sparse-vDiT needs the step count to find its plan, and this call has none; pass plan=PATH"
                 )
             path = plan_dir() / plan_filename(self.models, step.layout, step.num_steps)
             if not path.is_file():
-                raise FileNotFoundError(
+                raise PlanNotFoundError(
                     f"no Sparse-vDiT plan for this model at {_describe(step.layout, step.num_steps)} (looked for "
-                    f"{str(path)!r}); run accel.calibrate(pipe, prompts, ...) with the same height, width, frames "
+                    f"{str(path)!r}); run {CALIBRATE_HOW} with the same height, width, frames "
                     "and num_inference_steps first, or pass plan=PATH"
                 )
             plan = Plan.load(path)
@@ -206,7 +217,7 @@ class SparseVDiTMethod:
             stats.add("dense", "not_in_plan")
             return None
         if len(patterns) != q.shape[2]:
-            raise ValueError(
+            raise PlanError(
                 f"Sparse-vDiT plan has {len(patterns)} heads for layer {layer_index}, the model has {q.shape[2]}"
             )
         if all(p.kind == "full" for p in patterns):
