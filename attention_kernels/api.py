@@ -56,7 +56,7 @@ def _validate(q, k, v, mask, backend):
         raise ValueError(
             f"the triton backend supports head dims {TRITON_HEAD_DIMS}, got {q.shape[-1]}; use backend='flex'"
         )
-    mask.check_lengths(q.shape[1], k.shape[1])
+    mask.check_lengths(q.shape[1], k.shape[1])  # includes key_valid's length ([Sk])
     mask.check_broadcast(q.shape[0], q.shape[2])
 
 
@@ -75,7 +75,8 @@ def block_sparse_attention(
     q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]`` (fp16, bf16 or fp32), ``mask`` a :class:`BlockMask` with
     ``ceil(Sq/bs) x ceil(Sk/bs)`` blocks, broadcast over batch and heads where its dims are 1.
     Returns ``out [B, Sq, H, D]`` in q's dtype, and with ``return_lse`` also the natural-log
-    ``lse [B, H, Sq]`` fp32. A query row with no kept block gives zeros and LSE ``-inf``.
+    ``lse [B, H, Sq]`` fp32. Keys marked padding by ``mask.key_valid`` (bool ``[Sk]``) are never attended, even in
+    kept blocks. A query row with no valid key in its kept blocks (or no kept block) gives zeros and LSE ``-inf``.
 
     Backends: ``"triton"`` (fused kernel, CUDA or ``TRITON_INTERPRET=1``), ``"flex"`` (torch FlexAttention,
     compiled), ``"gather"`` (CPU: torch's fused CPU flash kernel over each query block's gathered key blocks; it
@@ -85,7 +86,7 @@ def block_sparse_attention(
     backend = resolve_backend(backend, q.device)
     _validate(q, k, v, mask, backend)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    mask = mask.to(q.device)
+    mask = mask.to(q.device)  # moves key_valid too
     if backend == "reference":
         from .naive import reference_attention
 

@@ -31,7 +31,8 @@ def gather_block_sparse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]`` -> ``(out [B, Sq, H, D], lse [B, H, Sq] fp32)``.
 
-    Rows with no kept block are zeros with LSE ``-inf``.
+    Keys past ``Sk`` and padding keys (``mask.key_valid`` False) are masked with a ``-inf`` bias. Rows with no
+    valid key in their kept blocks (including rows with no kept block) are skipped: zeros with LSE ``-inf``.
     """
     B, Sq, H, D = q.shape
     Sk = k.shape[1]
@@ -45,7 +46,15 @@ def gather_block_sparse(
     vp = _pad_seq(v, KB * bs).view(B, KB, bs, H, D)
     out = torch.zeros(B, QB, bs, H, D, dtype=q.dtype, device=q.device)
     lse = torch.full((B, H, QB, bs), float("-inf"), dtype=torch.float32, device=q.device)
-    key_ok = (torch.arange(KB * bs, device=q.device) < Sk).view(KB, bs)
+    # Which keys of each key block exist: inside Sk and not padding.
+    key_ok = torch.zeros(KB * bs, dtype=torch.bool, device=q.device)
+    if m.key_valid is None:
+        key_ok[:Sk] = True
+    else:
+        key_ok[:Sk] = m.key_valid
+    key_ok = key_ok.view(KB, bs)
+    block_live = key_ok.any(-1).cpu()  # [KB]: the block has at least one valid key
+    kb_range = torch.arange(KB)
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
     counts_all = m.kv_num_blocks.cpu()
@@ -55,8 +64,11 @@ def gather_block_sparse(
             hsl = slice(None) if Hm == 1 else slice(hm, hm + 1)
             counts = counts_all[bm, hm]
             idx_all = m.kv_indices[bm, hm]
+            # Rows with a valid key among their kept blocks; the rest stay zeros / -inf (the CPU flash kernel
+            # would report LSE 0 for a row whose bias is all -inf).
+            live = (block_live[idx_all.cpu().long()] & (kb_range < counts[:, None])).any(-1)
             rows_sorted = torch.argsort(counts, stable=True)
-            rows_sorted = rows_sorted[counts[rows_sorted] > 0]
+            rows_sorted = rows_sorted[live[rows_sorted]]
             qh, kh, vh = qp[bsl, :, :, hsl], kp[bsl, :, :, hsl], vp[bsl, :, :, hsl]
             b, h = qh.shape[0], qh.shape[3]
             for start in range(0, rows_sorted.numel(), rows_per_group):

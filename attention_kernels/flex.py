@@ -20,17 +20,50 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+def _key_valid_mask_mod(key_valid: torch.Tensor):
+    """A mask_mod reading a bool ``[KB * block_size]`` key-valid table (padded with False past Sk)."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return key_valid[kv_idx]
+
+    return mask_mod
+
+
 def _flex_block_mask(mask: BlockMask, q_len: int, k_len: int, device: torch.device):
-    """torch's BlockMask for ours, cached on our mask object (built once per mask, reused every call)."""
+    """torch's BlockMask for ours, cached on our mask object (built once per mask, reused every call).
+
+    Without ``key_valid`` every kept block is a partial block with a no-op mask_mod (the caller skips evaluating
+    it on CPU). With ``key_valid`` the mask_mod reads the key-valid table: kept blocks whose keys are all valid
+    become full blocks (no mask_mod evaluated), blocks with some padding stay partial, and blocks that are all
+    padding are dropped.
+    """
     from torch.nn.attention.flex_attention import BlockMask as TorchBlockMask
 
     per_mask = _FLEX_MASKS.setdefault(mask, {})
     key = (q_len, k_len, str(device))
     if key not in per_mask:
         m = mask.to(device)
-        per_mask[key] = TorchBlockMask.from_kv_blocks(
-            m.kv_num_blocks, m.kv_indices, BLOCK_SIZE=m.block_size, seq_lengths=(q_len, k_len)
-        )
+        bs = m.block_size
+        if m.key_valid is None:
+            per_mask[key] = TorchBlockMask.from_kv_blocks(
+                m.kv_num_blocks, m.kv_indices, BLOCK_SIZE=bs, seq_lengths=(q_len, k_len)
+            )
+        else:
+            table = torch.zeros(m.num_k_blocks * bs, dtype=torch.bool, device=device)
+            table[:k_len] = m.key_valid[:k_len]
+            per_block = table.view(m.num_k_blocks, bs)
+            kept = m.to_dense()
+            full = BlockMask.from_dense(kept & per_block.all(-1), bs)
+            partial = BlockMask.from_dense(kept & per_block.any(-1) & ~per_block.all(-1), bs)
+            per_mask[key] = TorchBlockMask.from_kv_blocks(
+                partial.kv_num_blocks,
+                partial.kv_indices,
+                full.kv_num_blocks,
+                full.kv_indices,
+                BLOCK_SIZE=bs,
+                mask_mod=_key_valid_mask_mod(table),
+                seq_lengths=(q_len, k_len),
+            )
     return per_mask[key]
 
 
@@ -50,8 +83,9 @@ def flex_block_sparse(
     else:
         fn = _compiled_flex()
     kwargs = {}
-    if q.device.type == "cpu":
-        # Our mask_mod is a no-op and the CPU template handles ragged tails by size, so skip evaluating it.
+    if q.device.type == "cpu" and mask.key_valid is None:
+        # Our mask_mod is a no-op and the CPU template handles ragged tails by size, so skip evaluating it. (With
+        # key_valid the mask_mod masks padding keys and must run.)
         kwargs["kernel_options"] = {"SKIP_MASK_SCORE": True}
     if return_lse:
         from torch.nn.attention.flex_attention import AuxRequest

@@ -17,6 +17,7 @@ def reference_attention(
     """Masked softmax attention computed densely in fp32.
 
     q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]``. Returns ``(out [B, Sq, H, D] in q.dtype, lse [B, H, Sq] fp32)``.
+    The token mask (:meth:`BlockMask.token_mask`) includes ``mask.key_valid``: padding keys are never attended.
     Rows with no kept key give zeros and LSE ``-inf``.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale

@@ -59,6 +59,7 @@ def _bsa_fwd_kernel(
     LSE,
     KV_NUM,
     KV_IDX,
+    KEY_VALID,
     stride_qb,
     stride_qs,
     stride_qh,
@@ -92,12 +93,15 @@ def _bsa_fwd_kernel(
     EVEN_K: tl.constexpr,
     UPCAST: tl.constexpr,
     IEEE: tl.constexpr,
+    HAS_KEY_VALID: tl.constexpr,
 ):
     """q/k/v/o ``[B, S, H, D]`` with unit stride on D; lse ``[B, H, Sq]`` with unit stride on Sq.
 
     ``qk_scale`` is ``scale * log2(e)``: scores live in base-2 units until the LSE is written.
     ``EVEN_K``: ``Sk % BLOCK_N == 0`` (no key-tail masking). ``UPCAST``: feed fp32 to ``tl.dot`` (interpreter).
-    ``IEEE``: exact fp32 dots (fp32 inputs on GPU).
+    ``IEEE``: exact fp32 dots (fp32 inputs on GPU). ``HAS_KEY_VALID``: ``KEY_VALID`` is a contiguous uint8 ``[Sk]``
+    (``BlockMask.key_valid``); keys whose flag is 0 are masked like the key tail (``KEY_VALID`` is ``None``
+    otherwise).
     """
     SUB: tl.constexpr = SPARSE_BLOCK // BLOCK_N  # key sub-tiles per sparse block
     PAD_D: tl.constexpr = BLOCK_D != HEAD_DIM
@@ -176,7 +180,11 @@ def _bsa_fwd_kernel(
         else:
             s = tl.dot(q, kt)
         s = s * qk_scale
-        if not EVEN_K:
+        if HAS_KEY_VALID:
+            # Padding keys inside kept blocks; the load's bound (and other=0) also covers the key tail.
+            kv_ok = tl.load(KEY_VALID + start_n + offs_n, mask=(start_n + offs_n) < Sk, other=0) != 0
+            s = tl.where(kv_ok[None, :], s, float("-inf"))
+        elif not EVEN_K:
             s = tl.where(key_ok[None, :], s, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -284,8 +292,13 @@ def kernel_constexprs(
     block_size: int,
     seq_k: int,
     interpret: bool | None = None,
+    key_valid: bool = False,
 ) -> tuple[dict, KernelConfig]:
-    """The constexpr arguments and launch config the launcher uses for one call (shared with the AOT test)."""
+    """The constexpr arguments and launch config the launcher uses for one call (shared with the AOT test).
+
+    ``key_valid``: whether the call passes a key-valid tensor (``BlockMask.key_valid``); it selects the variant,
+    not the tile config.
+    """
     if interpret is None:
         interpret = interpreting()
     block_d = padded_head_dim(head_dim)
@@ -300,41 +313,46 @@ def kernel_constexprs(
         # The interpreter's bf16 dots are wrong: it gets fp32 operands (and keeps P in fp32) for half types.
         UPCAST=bool(interpret and dtype != torch.float32),
         IEEE=bool(dtype == torch.float32 and not interpret),
+        HAS_KEY_VALID=bool(key_valid),
     )
     return constexprs, cfg
 
 
 def launch_specializations(head_dims: tuple[int, ...] = LAUNCH_PADDED_HEAD_DIMS) -> list[dict]:
-    """Every (dtype, head dim, mask block size, EVEN_K) kernel variant the launcher picks on a GPU.
+    """Every (dtype, head dim, mask block size, EVEN_K, key-valid) kernel variant the launcher picks on a GPU.
 
     The config table is keyed on the padded head dim, so the default head dims (64, 128) cover every config;
     pass e.g. ``(72, 80, 88, 96)`` for the D-masked variants (same configs, separate compiles). Each entry:
     ``dtype``, ``head_dim``, ``block_d``, ``block_size``, ``even_k``, ``seq_k`` (a key length giving that
-    ``EVEN_K``), ``constexprs`` and ``config``.
+    ``EVEN_K``), ``key_valid`` (whether the call passes ``BlockMask.key_valid``), ``constexprs`` and ``config``.
     """
     specs = []
     for dtype in LAUNCH_DTYPES:
         for head_dim in head_dims:
             for block_size in LAUNCH_BLOCK_SIZES:
                 for even_k in (False, True):
-                    seq_k = 4 * block_size + (0 if even_k else 1)
-                    constexprs, cfg = kernel_constexprs(dtype, head_dim, block_size, seq_k, interpret=False)
-                    specs.append(
-                        dict(
-                            dtype=dtype,
-                            head_dim=head_dim,
-                            block_d=constexprs["BLOCK_D"],
-                            block_size=block_size,
-                            even_k=even_k,
-                            seq_k=seq_k,
-                            constexprs=constexprs,
-                            config=cfg,
+                    for key_valid in (False, True):
+                        seq_k = 4 * block_size + (0 if even_k else 1)
+                        constexprs, cfg = kernel_constexprs(
+                            dtype, head_dim, block_size, seq_k, interpret=False, key_valid=key_valid
                         )
-                    )
+                        specs.append(
+                            dict(
+                                dtype=dtype,
+                                head_dim=head_dim,
+                                block_d=constexprs["BLOCK_D"],
+                                block_size=block_size,
+                                even_k=even_k,
+                                seq_k=seq_k,
+                                key_valid=key_valid,
+                                constexprs=constexprs,
+                                config=cfg,
+                            )
+                        )
     return specs
 
 
-def _check_inputs(q, k, v, kv_num_blocks, kv_indices, block_size: int) -> None:
+def _check_inputs(q, k, v, kv_num_blocks, kv_indices, block_size: int, key_valid=None) -> None:
     """Shape/dtype/device checks that need no data (so the fake implementation runs them too)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
@@ -378,13 +396,23 @@ def _check_inputs(q, k, v, kv_num_blocks, kv_indices, block_size: int) -> None:
         )
     if B * H > 65535:
         raise ValueError(f"block_sparse_attention_fwd: B*H = {B * H} exceeds the launch grid limit 65535")
-    devices = {t.device for t in (q, k, v, kv_num_blocks, kv_indices)}
+    if key_valid is not None and (key_valid.dtype != torch.bool or key_valid.dim() != 1 or key_valid.shape[0] != Sk):
+        raise ValueError(
+            f"block_sparse_attention_fwd: key_valid must be a bool [Sk={Sk}] tensor, got {key_valid.dtype} "
+            f"{tuple(key_valid.shape)}"
+        )
+    tensors = (q, k, v, kv_num_blocks, kv_indices) + (() if key_valid is None else (key_valid,))
+    devices = {t.device for t in tensors}
     if len(devices) != 1:
         raise ValueError(f"block_sparse_attention_fwd: all tensors must be on one device, got {devices}")
 
 
-def kernel_args(q, k, v, out, lse, kv_num_blocks, kv_indices, scale: float) -> list:
-    """The kernel's non-constexpr arguments, in order (shared with the AOT test, which passes meta tensors)."""
+def kernel_args(q, k, v, out, lse, kv_num_blocks, kv_indices, scale: float, key_valid=None) -> list:
+    """The kernel's non-constexpr arguments, in order (shared with the AOT test, which passes meta tensors).
+
+    ``key_valid``: ``None`` or the contiguous uint8 ``[Sk]`` view of ``BlockMask.key_valid``; ``None`` is passed
+    through (Triton specialises it as a constexpr, matching ``HAS_KEY_VALID=False``).
+    """
 
     def bstride(t, dim):  # broadcast mask dims are read with stride 0
         return 0 if t.shape[dim] == 1 else t.stride(dim)
@@ -398,6 +426,7 @@ def kernel_args(q, k, v, out, lse, kv_num_blocks, kv_indices, scale: float) -> l
         lse,
         kv_num_blocks,
         kv_indices,
+        key_valid,
         *q.stride()[:3],
         *k.stride()[:3],
         *v.stride()[:3],
@@ -418,9 +447,22 @@ def kernel_args(q, k, v, out, lse, kv_num_blocks, kv_indices, scale: float) -> l
     ]
 
 
-def _launch(q, k, v, kv_num_blocks, kv_indices, block_size: int, scale: float, config: KernelConfig | None = None):
-    """Validate, allocate and launch. ``config`` overrides the table (tests use it to run GPU tiles on CPU)."""
-    _check_inputs(q, k, v, kv_num_blocks, kv_indices, block_size)
+def _launch(
+    q,
+    k,
+    v,
+    kv_num_blocks,
+    kv_indices,
+    block_size: int,
+    scale: float,
+    config: KernelConfig | None = None,
+    key_valid: torch.Tensor | None = None,
+):
+    """Validate, allocate and launch. ``config`` overrides the table (tests use it to run GPU tiles on CPU).
+
+    ``key_valid``: optional bool ``[Sk]``; ``False`` keys are never attended (``BlockMask.key_valid``).
+    """
+    _check_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_valid)
     interpret = interpreting()
     if q.device.type != "cuda" and not interpret:
         raise ValueError(
@@ -433,6 +475,8 @@ def _launch(q, k, v, kv_num_blocks, kv_indices, block_size: int, scale: float, c
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if kv_indices.stride(-1) != 1:
         kv_indices = kv_indices.contiguous()
+    if key_valid is not None:
+        key_valid = key_valid.contiguous().view(torch.uint8)  # bool is one byte: a free reinterpretation
 
     out = torch.empty((B, Sq, H, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
@@ -443,7 +487,7 @@ def _launch(q, k, v, kv_num_blocks, kv_indices, block_size: int, scale: float, c
         lse.fill_(float("-inf"))
         return out, lse
 
-    constexprs, cfg = kernel_constexprs(q.dtype, D, block_size, Sk, interpret)
+    constexprs, cfg = kernel_constexprs(q.dtype, D, block_size, Sk, interpret, key_valid=key_valid is not None)
     if config is not None:
         if block_size % config.block_m or block_size % config.block_n:
             raise ValueError(f"config {config} tiles must divide the mask block size {block_size}")
@@ -454,7 +498,7 @@ def _launch(q, k, v, kv_num_blocks, kv_indices, block_size: int, scale: float, c
     on_device = torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext()
     with on_device:  # Triton launches on the current CUDA device
         _bsa_fwd_kernel[grid](
-            *kernel_args(q, k, v, out, lse, kv_num_blocks, kv_indices, scale),
+            *kernel_args(q, k, v, out, lse, kv_num_blocks, kv_indices, scale, key_valid),
             **constexprs,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
@@ -473,13 +517,18 @@ def _block_sparse_attention_fwd(
     kv_indices: torch.Tensor,
     block_size: int,
     scale: float,
+    key_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block-sparse attention forward: ``(out [B, Sq, H, D] in q.dtype, lse [B, H, Sq] fp32 natural log)``."""
-    return _launch(q, k, v, kv_num_blocks, kv_indices, block_size, scale)
+    """Block-sparse attention forward: ``(out [B, Sq, H, D] in q.dtype, lse [B, H, Sq] fp32 natural log)``.
+
+    ``key_valid``: optional bool ``[Sk]`` (``BlockMask.key_valid``); ``False`` keys are never attended, and a row
+    whose kept keys are all invalid gives zeros and LSE ``-inf``.
+    """
+    return _launch(q, k, v, kv_num_blocks, kv_indices, block_size, scale, key_valid=key_valid)
 
 
-def _block_sparse_attention_fwd_fake(q, k, v, kv_num_blocks, kv_indices, block_size, scale):
-    _check_inputs(q, k, v, kv_num_blocks, kv_indices, block_size)
+def _block_sparse_attention_fwd_fake(q, k, v, kv_num_blocks, kv_indices, block_size, scale, key_valid=None):
+    _check_inputs(q, k, v, kv_num_blocks, kv_indices, block_size, key_valid)
     B, Sq, H, D = q.shape
     return q.new_empty((B, Sq, H, D)), q.new_empty((B, H, Sq), dtype=torch.float32)
 
@@ -496,5 +545,5 @@ def triton_block_sparse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]`` -> ``(out [B, Sq, H, D], lse [B, H, Sq] fp32)``."""
     return torch.ops.accel.block_sparse_attention_fwd(
-        q, k, v, mask.kv_num_blocks, mask.kv_indices, mask.block_size, float(scale)
+        q, k, v, mask.kv_num_blocks, mask.kv_indices, mask.block_size, float(scale), mask.key_valid
     )

@@ -42,8 +42,8 @@ def _signature(fn, spec, dtype_name):
     """Signature, constexprs and alignment attrs as the JIT would specialise them for a representative call.
 
     The non-constexpr arguments come from the launcher's own ``kernel_args`` on meta tensors, and are
-    specialised the way Triton's JIT does: ints equal to 1 become constexprs, ints divisible by 16 and
-    (assumed 16-byte aligned) pointers get ``tt.divisibility=16``.
+    specialised the way Triton's JIT does: ints equal to 1 and ``None`` (the absent key-valid pointer) become
+    constexprs, ints divisible by 16 and (assumed 16-byte aligned) pointers get ``tt.divisibility=16``.
     """
     import torch
     from accel.attention_kernels import triton_block_sparse as tbs
@@ -56,14 +56,24 @@ def _signature(fn, spec, dtype_name):
     lse = torch.empty(EXAMPLE_BATCH, EXAMPLE_HEADS, seq, dtype=torch.float32, **meta)
     kv_num = torch.empty(1, 1, nblk, dtype=torch.int32, **meta)
     kv_idx = torch.empty(1, 1, nblk, nblk, dtype=torch.int32, **meta)
-    values = tbs.kernel_args(q, q, q, out, lse, kv_num, kv_idx, d**-0.5)
+    # The launcher passes BlockMask.key_valid as its uint8 view, or None.
+    key_valid = torch.empty(seq, dtype=torch.uint8, **meta) if spec["key_valid"] else None
+    values = tbs.kernel_args(q, q, q, out, lse, kv_num, kv_idx, d**-0.5, key_valid)
     params = [a for a in fn.arg_names if a not in spec["constexprs"]]
     assert len(values) == len(params), (len(values), params)
 
     sig, attrs, constexprs = {}, {}, dict(spec["constexprs"])
-    pointer_types = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32"}
+    pointer_types = {
+        torch.float16: "fp16",
+        torch.bfloat16: "bf16",
+        torch.float32: "fp32",
+        torch.int32: "i32",
+        torch.uint8: "u8",
+    }
     for name, value in zip(params, values, strict=True):
-        if isinstance(value, torch.Tensor):
+        if value is None:
+            constexprs[name] = None
+        elif isinstance(value, torch.Tensor):
             sig[name] = "*" + pointer_types[value.dtype]
             attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
         elif isinstance(value, float):
@@ -120,6 +130,10 @@ def _compile_worker(archs: list[int], head_dims: tuple[int, ...]) -> None:
     fn = tbs._bsa_fwd_kernel
     for arch in archs:
         for spec in tbs.launch_specializations(head_dims):
+            if spec["key_valid"] and tuple(head_dims) != tuple(tbs.LAUNCH_PADDED_HEAD_DIMS):
+                # The key-valid load does not interact with head-dim padding; the 64/128 run covers it (this
+                # halves the slow D-masked compile).
+                continue
             cfg = spec["config"]
             dtype_name = names[spec["dtype"]]
             sig, constexprs, attrs = _signature(fn, spec, dtype_name)
@@ -130,6 +144,7 @@ def _compile_worker(archs: list[int], head_dims: tuple[int, ...]) -> None:
                 block_d=spec["block_d"],
                 block_size=spec["block_size"],
                 even_k=spec["even_k"],
+                key_valid=spec["key_valid"],
                 block_m=cfg.block_m,
                 block_n=cfg.block_n,
                 num_warps=cfg.num_warps,
@@ -178,7 +193,7 @@ def _run_workers(archs: list[int], head_dims: tuple[int, ...]) -> list[dict]:
 
 def _format(rows: list[dict]) -> str:
     head = (
-        f"{'arch':<6} {'dtype':<5} {'D':>3} {'Dpad':>4} {'bs':>4} {'evenK':>5} {'tile':>7} {'warps':>5} "
+        f"{'arch':<6} {'dtype':<5} {'D':>3} {'Dpad':>4} {'bs':>4} {'evenK':>5} {'keyV':>5} {'tile':>7} {'warps':>5} "
         f"{'stages':>6} {'smem B':>7} {'smem%':>6} {'regs':>4} {'spill st/ld':>11} {'stack':>5} {'sec':>5}"
     )
     lines = [head, "-" * len(head)]
@@ -190,7 +205,8 @@ def _format(rows: list[dict]) -> str:
         tile = f"{r['block_m']}x{r['block_n']}"
         spill = f"{r['spill_stores']}/{r['spill_loads']}"
         lines.append(
-            key + f"{str(r['even_k']):>5} {tile:>7} {r['num_warps']:>5} {r['num_stages']:>6} {r['shared']:>7} "
+            key + f"{str(r['even_k']):>5} {str(r['key_valid']):>5} {tile:>7} {r['num_warps']:>5} {r['num_stages']:>6} "
+            f"{r['shared']:>7} "
             f"{100 * r['shared'] / SMEM_LIMIT[r['arch']]:>5.1f}% {r['regs']:>4} {spill:>11} {r['stack']:>5} "
             f"{r['seconds']:>5.1f}"
         )
@@ -239,8 +255,17 @@ def test_every_launch_config_is_covered(aot_rows):
     from accel.attention_kernels import triton_block_sparse as tbs
 
     assert len(aot_rows) == 2 * len(tbs.launch_specializations())
-    expected = {(d, h, b) for d in ("fp16", "bf16", "fp32") for h in (64, 128) for b in (64, 128)}
-    assert {(r["dtype"], r["block_d"], r["block_size"]) for r in aot_rows} == expected
+    expected = {
+        (d, h, b, e, kv)
+        for d in ("fp16", "bf16", "fp32")
+        for h in (64, 128)
+        for b in (64, 128)
+        for e in (False, True)
+        for kv in (False, True)
+    }
+    for arch in (80, 90):
+        rows = [r for r in aot_rows if r["arch"] == arch]
+        assert {(r["dtype"], r["block_d"], r["block_size"], r["even_k"], r["key_valid"]) for r in rows} == expected
     # The table is keyed on the padded head dim: the padded dims (72..96) reuse the D=128 configs.
     for dtype in tbs.LAUNCH_DTYPES:
         for bs in tbs.LAUNCH_BLOCK_SIZES:
