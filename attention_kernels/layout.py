@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 TEXT_POSITIONS = ("none", "first", "last")
+
+
+def text_dense(dense: torch.Tensor, layout: TokenLayout, block_size: int) -> torch.Tensor:
+    """Set the rows and columns of blocks holding text to True in a block mask ``[..., QB, KB]`` (in place)."""
+    text = layout.text_blocks(block_size)
+    if len(text):
+        dense[..., text.start : text.stop, :] = True
+        dense[..., :, text.start : text.stop] = True
+    return dense
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,13 @@ class TokenLayout:
         if self.text_pos == "first":
             return slice(0, self.text_len)
         return slice(self.video_tokens, self.video_tokens + self.text_len)
+
+    def text_blocks(self, block_size: int) -> range:
+        """Blocks of ``block_size`` tokens holding any text token (empty without text)."""
+        if not self.text_len:
+            return range(0)
+        ts = self.text_slice
+        return range(ts.start // block_size, (ts.stop - 1) // block_size + 1)
 
     def video_only(self) -> TokenLayout:
         return TokenLayout(self.frames, self.height, self.width)

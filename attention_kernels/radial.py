@@ -22,7 +22,7 @@ import math
 import torch
 
 from .block_mask import BlockMask
-from .layout import TokenLayout
+from .layout import TokenLayout, text_dense
 
 
 def _bit_length(x: int) -> int:
@@ -109,12 +109,7 @@ def _radial_dense(
             p = patterns[key]
             R, C = r0 // bs, c0 // bs
             dense[R : R + p.shape[0], C : C + p.shape[1]] |= p
-    if layout.text_len:
-        ts = layout.text_slice
-        first, last = ts.start // bs, (ts.stop - 1) // bs
-        dense[first : last + 1, :] = True
-        dense[:, first : last + 1] = True
-    return dense
+    return text_dense(dense, layout, bs)
 
 
 def radial_mask(

@@ -18,7 +18,7 @@ import math
 import torch
 
 from .block_mask import BlockMask
-from .layout import TokenLayout
+from .layout import TokenLayout, text_dense
 
 
 def _pair_blocks(s: int, r_off: int, c_off: int, window: int, bs: int) -> torch.Tensor:
@@ -52,12 +52,7 @@ def _rettention_dense(layout: TokenLayout, block_size: int, window_tokens: int, 
             p = patterns[key]
             R, C = r0 // bs, c0 // bs
             dense[R : R + p.shape[0], C : C + p.shape[1]] |= p
-    if layout.text_len:
-        ts = layout.text_slice
-        first, last = ts.start // bs, (ts.stop - 1) // bs
-        dense[first : last + 1, :] = True
-        dense[:, first : last + 1] = True
-    return dense
+    return text_dense(dense, layout, bs)
 
 
 @functools.lru_cache(maxsize=64)

@@ -21,7 +21,7 @@ import torch
 
 from .api import block_sparse_attention
 from .block_mask import BlockMask
-from .layout import TokenLayout
+from .layout import TokenLayout, text_dense
 from .permute import TokenPermutation
 
 PATTERN_KINDS = ("full", "diagonal", "multidiagonal", "stripe", "skip")
@@ -82,14 +82,6 @@ def position_major_permutation(layout: TokenLayout) -> TokenPermutation:
     return TokenPermutation(src, layout.num_tokens)
 
 
-def _text_blocks(layout: TokenLayout, block_size: int) -> range:
-    """Blocks holding any text token (the same in both orders: the permutation is the identity on text)."""
-    if not layout.text_len:
-        return range(0)
-    ts = layout.text_slice
-    return range(ts.start // block_size, (ts.stop - 1) // block_size + 1)
-
-
 @functools.lru_cache(maxsize=512)
 def pattern_block_mask(pattern: HeadPattern, layout: TokenLayout, block_size: int = 128) -> torch.Tensor:
     """bool ``[QB, KB]`` (``QB = KB = ceil(num_tokens / block_size)``, CPU) in the order ``pattern.order()`` names.
@@ -107,11 +99,8 @@ def pattern_block_mask(pattern: HeadPattern, layout: TokenLayout, block_size: in
         if pattern.columns[-1] >= n:
             raise ValueError(f"stripe column {pattern.columns[-1]} is out of range for {n} key blocks")
         mask[:, list(pattern.columns)] = True
-    text = _text_blocks(layout, block_size)
-    if len(text):
-        mask[text.start : text.stop, :] = True
-        mask[:, text.start : text.stop] = True
-    return mask
+    # Text blocks are the same in both orders: the position-major permutation is the identity on text.
+    return text_dense(mask, layout, block_size)
 
 
 def pattern_density(pattern: HeadPattern, layout: TokenLayout, block_size: int = 128) -> float:
