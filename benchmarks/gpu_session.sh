@@ -10,7 +10,8 @@ python -m pytest -q -m gpu tests/kernels 2>&1 | tail -30 | tee "$OUT/gpu_tests.t
 python -m benchmarks.bench_attention --device cuda --repeats 10 2>&1 | tail -20
 python -m benchmarks.bench_attention --device cuda --heads 40 --layouts "wan 768x1280x69" --tag h40 --repeats 5 \
     2>&1 | tail -5
+python -m benchmarks.bench_fidelity --device cuda --skip-pipeline 2>&1 | tail -6
 if [[ "${1:-}" != "--quick" ]]; then
     python -m benchmarks.bench_pipeline --device cuda --layers 8 --heads 12 --head-dim 128 --frames 81 \
-        --height 480 --width 832 --steps 10 --repeats 2 --presets radial taylorseer radial+taylorseer 2>&1 | tail -8
+        --height 480 --width 832 --steps 10 --repeats 2 --presets radial draft rettention taylorseer radial+taylorseer 2>&1 | tail -8
 fi
