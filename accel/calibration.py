@@ -50,7 +50,6 @@ def default_widths(num_blocks: int) -> tuple[int, ...]:
 class _Acc:
     err: torch.Tensor  # [C, H] summed squared error per candidate and head
     norm: torch.Tensor  # [H] summed squared dense output
-    calls: int = 0
 
 
 class _Calibrator:
@@ -131,7 +130,6 @@ class _Calibrator:
             out = sparse_vdit_attention(q, k, v, step.layout, pats, block_size=bs, scale=scale, backend=backend)
             acc.err[i] += (out.float() - ref).pow(2).sum(dim=(0, 1, 3)).cpu()
         acc.norm += ref.pow(2).sum(dim=(0, 1, 3)).cpu()
-        acc.calls += 1
         stats.add("dense", "calibration")
         return dense
 

@@ -5,18 +5,13 @@ from __future__ import annotations
 from accel.attention_kernels.draft import draft_attention
 
 from .config import DraftConfig
-from .gating import dense_steps, kernel_backend, runs_dense
+from .gating import WarmupMethod, kernel_backend, runs_dense
 from .state import Stats, StepInfo
 
 
-class DraftMethod:
+class DraftMethod(WarmupMethod):
     name = "draft"
-
-    def __init__(self, config: DraftConfig):
-        self.config = config
-
-    def requires_full(self, step_index: int, num_steps: int | None) -> bool:
-        return step_index < dense_steps(self.config.dense_step_fraction, num_steps)
+    config: DraftConfig
 
     def attend(self, q, k, v, step: StepInfo, layer_index: int, scale, stats: Stats):
         cfg = self.config

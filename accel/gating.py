@@ -14,6 +14,17 @@ def dense_steps(fraction: float, num_steps: int | None) -> int:
     return int(fraction * (num_steps if num_steps else 50) + 0.5)
 
 
+class WarmupMethod:
+    """Base of the attention methods: holds the config; its dense warm-up steps are full steps of a feature cache."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def requires_full(self, step_index: int, num_steps: int | None) -> bool:
+        """Steps a feature cache must compute in full: the dense warm-up must not be approximated at all."""
+        return step_index < dense_steps(self.config.dense_step_fraction, num_steps)
+
+
 def runs_dense(cfg, step: StepInfo, layer_index: int, stats: Stats) -> bool:
     """True (and counted, with the reason) when this call keeps the original dense attention.
 

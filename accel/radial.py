@@ -7,19 +7,13 @@ import torch
 from accel.attention_kernels import block_sparse_attention, radial_mask
 
 from .config import RadialConfig
-from .gating import dense_steps, kernel_backend, runs_dense
+from .gating import WarmupMethod, kernel_backend, runs_dense
 from .state import Stats, StepInfo
 
 
-class RadialMethod:
+class RadialMethod(WarmupMethod):
     name = "radial"
-
-    def __init__(self, config: RadialConfig):
-        self.config = config
-
-    def requires_full(self, step_index: int, num_steps: int | None) -> bool:
-        """Steps a feature cache must compute in full: the dense warm-up must not be approximated at all."""
-        return step_index < dense_steps(self.config.dense_step_fraction, num_steps)
+    config: RadialConfig
 
     def mask_for(self, step: StepInfo, device: torch.device):
         cfg = self.config

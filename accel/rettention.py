@@ -19,7 +19,7 @@ from accel.attention_kernels import BlockMask, block_sparse_attention
 from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rettention_mask
 
 from .config import RettentionConfig
-from .gating import dense_steps, kernel_backend, runs_dense
+from .gating import WarmupMethod, dense_steps, kernel_backend, runs_dense
 from .state import Stats, StepInfo
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,26 +39,24 @@ class _RowState:
         return self.rho.numel() * self.rho.element_size() + r
 
 
-class RettentionMethod:
+class RettentionMethod(WarmupMethod):
     name = "rettention"
+    config: RettentionConfig
 
     def __init__(self, config: RettentionConfig):
-        self.config = config
+        super().__init__(config)
         self.states: dict[tuple, _RowState] = {}
         self.bytes = 0
         self.peak_bytes = 0
 
     # ---- schedule ---------------------------------------------------------------------------------------------
-    def _dense_steps(self, num_steps: int | None) -> int:
-        return dense_steps(self.config.dense_step_fraction, num_steps)
-
     def is_recalibration(self, step_index: int, num_steps: int | None) -> bool:
-        start = self._dense_steps(num_steps)
+        start = dense_steps(self.config.dense_step_fraction, num_steps)
         return step_index >= start and (step_index - start) % self.config.recalibration_interval(num_steps) == 0
 
     def requires_full(self, step_index: int, num_steps: int | None) -> bool:
         """Dense warm-up and recalibration steps must really run (a feature cache must not skip them)."""
-        return step_index < self._dense_steps(num_steps) or self.is_recalibration(step_index, num_steps)
+        return super().requires_full(step_index, num_steps) or self.is_recalibration(step_index, num_steps)
 
     # ---- state ------------------------------------------------------------------------------------------------
     def reset(self) -> None:

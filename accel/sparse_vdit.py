@@ -13,7 +13,7 @@ from accel.attention_kernels import TokenLayout
 from accel.attention_kernels.sparse_vdit import HeadPattern, pattern_density, sparse_vdit_attention
 
 from .config import SparseVDiTConfig
-from .gating import dense_steps, kernel_backend, runs_dense
+from .gating import WarmupMethod, kernel_backend, runs_dense
 from .state import Stats, StepInfo
 
 
@@ -171,19 +171,17 @@ class Plan:
             raise PlanError(f"{str(path)!r} is not a valid Sparse-vDiT plan ({exc}); calibrate it again") from exc
 
 
-class SparseVDiTMethod:
+class SparseVDiTMethod(WarmupMethod):
     name = "sparse-vdit"
+    config: SparseVDiTConfig
 
     def __init__(self, config: SparseVDiTConfig, models: dict[str, dict]):
-        self.config = config
+        super().__init__(config)
         self.models = models
         self._explicit = Plan.load(config.plan) if config.plan is not None else None
         if self._explicit is not None:
             self._explicit.check_models(models, repr(config.plan))
         self._found: dict[tuple, Plan] = {}
-
-    def requires_full(self, step_index: int, num_steps: int | None) -> bool:
-        return step_index < dense_steps(self.config.dense_step_fraction, num_steps)
 
     def plan_for(self, step: StepInfo) -> Plan:
         if self._explicit is not None:

@@ -103,6 +103,7 @@ def pattern_block_mask(pattern: HeadPattern, layout: TokenLayout, block_size: in
     return text_dense(mask, layout, block_size)
 
 
+@functools.lru_cache(maxsize=4096)
 def pattern_density(pattern: HeadPattern, layout: TokenLayout, block_size: int = 128) -> float:
     """Fraction of (query block, key block) pairs the pattern keeps: its share of dense attention FLOPs."""
     return float(pattern_block_mask(pattern, layout, block_size).float().mean().item())

@@ -406,10 +406,9 @@ def _aot_worker(arch: int) -> None:
     from accel.attention_kernels import draft_triton as dt
     from triton.backends.compiler import GPUTarget
 
-    from tests.kernels.test_triton_aot import _ptxas_usage
+    from tests.kernels.test_triton_aot import _ptxas_usage, jit_signature
 
     torch_dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    ptr_types = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.uint8: "u8"}
     fn = dt._block_mean_pool_kernel
     for dtype_name in AOT_DTYPES:
         for d in AOT_HEAD_DIMS:
@@ -421,22 +420,7 @@ def _aot_worker(arch: int) -> None:
                     valid = torch.empty(32 * bs, dtype=torch.uint8, device="meta") if has_valid else None
                     constexprs = dt.pool_constexprs(d, bs, has_valid, interpret=False)
                     values = dt.pool_kernel_args(x, x, valid, out)
-                    params = [a for a in fn.arg_names if a not in constexprs]
-                    sig, attrs = {}, {}
-                    for name, value in zip(params, values, strict=True):
-                        if value is None:  # the absent key-valid pointer: a constexpr, as the JIT does
-                            constexprs[name] = None
-                        elif isinstance(value, torch.Tensor):
-                            sig[name] = "*" + ptr_types[value.dtype]
-                            attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
-                        elif value == 1:
-                            constexprs[name] = 1
-                        else:
-                            sig[name] = "i32"
-                            if value % 16 == 0:
-                                attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
-                    sig.update({name: "constexpr" for name in constexprs})
-                    sig = {name: sig[name] for name in fn.arg_names}
+                    sig, constexprs, attrs = jit_signature(fn, constexprs, values)
                     row = dict(arch=arch, dtype=dtype_name, head_dim=d, block_size=bs, has_valid=has_valid)
                     t0 = time.perf_counter()
                     try:

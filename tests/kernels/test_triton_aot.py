@@ -59,10 +59,17 @@ def _signature(fn, spec, dtype_name):
     # The launcher passes BlockMask.key_valid as its uint8 view, or None.
     key_valid = torch.empty(seq, dtype=torch.uint8, **meta) if spec["key_valid"] else None
     values = tbs.kernel_args(q, q, q, out, lse, kv_num, kv_idx, d**-0.5, key_valid)
-    params = [a for a in fn.arg_names if a not in spec["constexprs"]]
-    assert len(values) == len(params), (len(values), params)
+    return jit_signature(fn, spec["constexprs"], values)
 
-    sig, attrs, constexprs = {}, {}, dict(spec["constexprs"])
+
+def jit_signature(fn, constexprs: dict, values: list):
+    """``(signature, constexprs, attrs)`` for ``triton.compiler.ASTSource`` from a kernel's constexprs and the
+    values of its other arguments, in order, specialised as Triton's JIT does (see ``_signature``)."""
+    import torch
+
+    params = [a for a in fn.arg_names if a not in constexprs]
+    assert len(values) == len(params), (len(values), params)
+    sig, attrs, constexprs = {}, {}, dict(constexprs)
     pointer_types = {
         torch.float16: "fp16",
         torch.bfloat16: "bf16",
