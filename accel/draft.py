@@ -5,7 +5,7 @@ from __future__ import annotations
 from accel.attention_kernels.draft import draft_attention
 
 from .config import DraftConfig
-from .gating import WarmupMethod, kernel_backend, runs_dense
+from .gating import WarmupMethod, checked_sparse, kernel_backend, runs_dense
 from .state import Stats, StepInfo
 
 
@@ -17,19 +17,24 @@ class DraftMethod(WarmupMethod):
         cfg = self.config
         if runs_dense(cfg, step, layer_index, stats):
             return None
-        out, mask = draft_attention(
-            q,
-            k,
-            v,
-            step.layout,
-            cfg.sparsity,
-            block_size=cfg.block_size,
-            patch=cfg.patch,
-            scale=scale,
-            backend=kernel_backend(cfg.backend, q),
-            pool_backend=cfg.pool_backend,
-            return_mask=True,
-        )
-        # The mask changes every call; its density (a host sync on CUDA) is what the stats report.
-        stats.add("sparse", density=mask.density)
-        return out
+
+        def run():
+            out, mask = draft_attention(
+                q,
+                k,
+                v,
+                step.layout,
+                cfg.sparsity,
+                block_size=cfg.block_size,
+                patch=cfg.patch,
+                scale=scale,
+                backend=kernel_backend(cfg.backend, q),
+                pool_backend=cfg.pool_backend,
+                return_mask=True,
+                require_keys=True,
+            )
+            # The mask changes every call; its density (one host sync on CUDA, shared with the key check) is what
+            # the stats report.
+            return out, mask.density
+
+        return checked_sparse(stats, run)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 
-from accel.attention_kernels.api import TRITON_HEAD_DIMS
+from accel.attention_kernels.api import TRITON_HEAD_DIMS, EmptyQueryBlockError
 
 from .state import Stats, StepInfo
 
@@ -48,3 +50,21 @@ def kernel_backend(backend: str, q) -> str:
     if backend == "auto" and q.is_cuda and q.shape[-1] not in TRITON_HEAD_DIMS:
         return "flex"
     return backend
+
+
+def checked_sparse(stats: Stats, run: Callable[[], tuple]):
+    """Run one sparse attention call and count it; ``run()`` returns ``(out, density)`` and passes
+    ``require_keys=True`` to the kernels.
+
+    A mask that would leave real queries without any key (their output zeros) is refused by the kernel entry
+    point: the call then keeps the original dense attention, counted as ``dense:empty_query_block`` and warned
+    about, so a mask-builder bug can cost speed but never silently corrupt the output.
+    """
+    try:
+        out, density = run()
+    except EmptyQueryBlockError as e:
+        stats.add("dense", "empty_query_block")
+        warnings.warn(f"accel: running dense instead: {e}", RuntimeWarning, stacklevel=3)
+        return None
+    stats.add("sparse", density=density)
+    return out

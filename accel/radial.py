@@ -7,7 +7,7 @@ import torch
 from accel.attention_kernels import block_sparse_attention, radial_mask
 
 from .config import RadialConfig
-from .gating import WarmupMethod, kernel_backend, runs_dense
+from .gating import WarmupMethod, checked_sparse, kernel_backend, runs_dense
 from .state import Stats, StepInfo
 
 
@@ -28,5 +28,11 @@ class RadialMethod(WarmupMethod):
         if mask.density > cfg.max_density:
             stats.add("dense", "mask_too_dense")
             return None
-        stats.add("sparse", density=mask.density)
-        return block_sparse_attention(q, k, v, mask, scale=scale, backend=kernel_backend(cfg.backend, q))
+        backend = kernel_backend(cfg.backend, q)
+        return checked_sparse(
+            stats,
+            lambda: (
+                block_sparse_attention(q, k, v, mask, scale=scale, backend=backend, require_keys=True),
+                mask.density,
+            ),
+        )

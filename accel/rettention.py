@@ -19,7 +19,7 @@ from accel.attention_kernels import BlockMask, block_sparse_attention
 from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rettention_mask
 
 from .config import RettentionConfig
-from .gating import WarmupMethod, dense_steps, kernel_backend, runs_dense
+from .gating import WarmupMethod, checked_sparse, dense_steps, kernel_backend, runs_dense
 from .state import Stats, StepInfo
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -92,18 +92,27 @@ class RettentionMethod(WarmupMethod):
         backend = kernel_backend(cfg.backend, q)
         if state is None or self.is_recalibration(step.step_index, step.num_steps):
             return self._recalibrate(q, k, v, mask, key, step, layer_index, scale, backend, stats)
-        out = block_sparse_attention(q, k, v, mask, scale=scale, backend=backend)
+        out = checked_sparse(
+            stats,
+            lambda: (
+                block_sparse_attention(q, k, v, mask, scale=scale, backend=backend, require_keys=True),
+                mask.density,
+            ),
+        )
+        if out is None:
+            return None
         if cfg.reshape:
             out = reshape_sparse(out, state.rho + cfg.ratio_drift * state.sparse_steps)
         if state.residual is not None:
             out = out + state.residual.to(out.dtype)
         state.sparse_steps += 1
         state.step_index = step.step_index
-        stats.add("sparse", density=mask.density)
         return out
 
     def _recalibrate(self, q, k, v, mask, key, step, layer_index, scale, backend, stats):
         cfg = self.config
+        if mask.empty_query_blocks:  # the sparse steps would refuse it: keep this layer dense, nothing to cache
+            return checked_sparse(stats, lambda: block_sparse_attention(q, k, v, mask, require_keys=True))
         full = BlockMask.full(mask.num_q_blocks, mask.num_k_blocks, mask.block_size, device=q.device)
         dense, lse_full = block_sparse_attention(q, k, v, full, scale=scale, backend=backend, return_lse=True)
         sparse, lse_sparse = block_sparse_attention(q, k, v, mask, scale=scale, backend=backend, return_lse=True)

@@ -13,7 +13,7 @@ from accel.attention_kernels import TokenLayout
 from accel.attention_kernels.sparse_vdit import HeadPattern, pattern_density, sparse_vdit_attention
 
 from .config import SparseVDiTConfig
-from .gating import WarmupMethod, kernel_backend, runs_dense
+from .gating import WarmupMethod, checked_sparse, kernel_backend, runs_dense
 from .state import Stats, StepInfo
 
 
@@ -222,7 +222,18 @@ class SparseVDiTMethod(WarmupMethod):
             stats.add("dense", "plan_full")
             return None
         density = sum(pattern_density(p, step.layout, plan.block_size) for p in patterns) / len(patterns)
-        stats.add("sparse", density=density)
         backend = kernel_backend(cfg.backend, q)
         bs = plan.block_size
-        return sparse_vdit_attention(q, k, v, step.layout, patterns, block_size=bs, scale=scale, backend=backend)
+        out = checked_sparse(
+            stats,
+            lambda: (
+                sparse_vdit_attention(
+                    q, k, v, step.layout, patterns, block_size=bs, scale=scale, backend=backend, require_keys=True
+                ),
+                density,
+            ),
+        )
+        if out is not None:
+            # Skip heads output zeros by design (the plan says so): counted apart from any mask check.
+            stats.counts["skipped_heads"] += sum(p.kind == "skip" for p in patterns)
+        return out

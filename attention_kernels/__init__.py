@@ -1,6 +1,6 @@
 """Block-sparse attention kernels, masks and token layouts (imports only torch; triton loads lazily)."""
 
-from .api import block_sparse_attention, resolve_backend
+from .api import EmptyQueryBlockError, block_sparse_attention, resolve_backend
 from .block_mask import BlockMask
 from .draft import draft_attention, draft_block_mask, draft_permutation
 from .layout import TokenLayout
@@ -12,6 +12,7 @@ from .sparse_vdit import HeadPattern, position_major_permutation, sparse_vdit_at
 
 __all__ = [
     "BlockMask",
+    "EmptyQueryBlockError",
     "HeadPattern",
     "TokenLayout",
     "TokenPermutation",

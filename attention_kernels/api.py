@@ -14,6 +14,10 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_HEAD_DIMS = (64, 72, 80, 88, 96, 128)
 
 
+class EmptyQueryBlockError(ValueError):
+    """A mask that leaves real queries without any key, passed where every query must attend something."""
+
+
 def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -69,6 +73,7 @@ def block_sparse_attention(
     scale: float | None = None,
     backend: str = "auto",
     return_lse: bool = False,
+    require_keys: bool = False,
 ):
     """Softmax attention restricted to the key blocks ``mask`` keeps.
 
@@ -82,9 +87,18 @@ def block_sparse_attention(
     compiled), ``"gather"`` (CPU: torch's fused CPU flash kernel over each query block's gathered key blocks; it
     also serves ``return_lse`` for flex on CPU), ``"reference"`` (dense fp32, the oracle), ``"auto"`` (triton on
     CUDA, flex elsewhere).
+
+    ``require_keys=True`` (the attention methods' setting) refuses a mask in which a query block holding a real
+    token keeps no block with a real key: it raises :class:`EmptyQueryBlockError` instead of returning zeros for
+    those queries. The check is computed once per mask object.
     """
     backend = resolve_backend(backend, q.device)
     _validate(q, k, v, mask, backend)
+    if require_keys and mask.empty_query_blocks:
+        raise EmptyQueryBlockError(
+            f"{mask} leaves {mask.empty_query_blocks} query block(s) with real tokens and no key block: their "
+            "output would be zeros. This is a bug in the mask builder; please report it with the layout"
+        )
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     mask = mask.to(q.device)  # moves key_valid too
     if backend == "reference":

@@ -118,14 +118,43 @@ class BlockMask:
         return self.kv_indices.shape[3]
 
     @functools.cached_property
+    def _summary(self) -> tuple[float, int]:
+        """(density, empty query blocks), reduced together: one host sync per mask, on first use."""
+        kb, bs = self.num_k_blocks, self.block_size
+        if self.key_valid is None:
+            row_has_key = self.kv_num_blocks > 0
+            row_has_query = torch.ones(self.num_q_blocks, dtype=torch.bool, device=self.device)
+        else:
+            pad = kb * bs - self.key_valid.numel()
+            block_has_key = torch.nn.functional.pad(self.key_valid, (0, pad)).view(kb, bs).any(1)
+            listed = torch.arange(kb, device=self.device) < self.kv_num_blocks[..., None]
+            row_has_key = (block_has_key[self.kv_indices] & listed).any(-1)  # [B, H, QB]
+            # A square mask with padding is self-attention over one permuted sequence: padding slots are queries
+            # too, and a query block of padding alone needs no key.
+            square = self.num_q_blocks == kb
+            row_has_query = block_has_key if square else torch.ones_like(row_has_key[0, 0])
+        empty = (~row_has_key & row_has_query).sum()
+        kept, n_empty = torch.stack([self.kv_num_blocks.sum().to(torch.int64), empty]).tolist()
+        total = self.kv_num_blocks.numel() * kb
+        return kept / max(total, 1), int(n_empty)
+
+    @property
     def density(self) -> float:
         """Fraction of (query block, key block) pairs kept, averaged over the stored batch and heads.
 
         Computed once per mask (masks are not modified after construction): planners read it on every attention
         call, and on CUDA the reduction would cost a device sync each time.
         """
-        total = self.kv_num_blocks.numel() * self.num_k_blocks
-        return float(self.kv_num_blocks.sum().item()) / max(total, 1)
+        return self._summary[0]
+
+    @property
+    def empty_query_blocks(self) -> int:
+        """Query blocks (over the stored batch and heads) that hold a real token but keep no block with a real key.
+
+        Their queries would get zero output. The attention methods require 0 (``block_sparse_attention(...,
+        require_keys=True)``); a head that a method skips on purpose is left out of the launch instead.
+        """
+        return self._summary[1]
 
     @functools.cached_property
     def padded_keys(self) -> int:

@@ -286,13 +286,14 @@ def draft_attention(
     backend: str = "auto",
     pool_backend: str = "auto",
     return_mask: bool = False,
+    require_keys: bool = False,
 ):
     """DraftAttention self-attention in the original token order.
 
     q/k/v ``[B, S, H, D]`` with ``S = layout.num_tokens``. Reorders with :func:`draft_permutation`, builds
     :func:`draft_block_mask`, runs :func:`block_sparse_attention` (``backend``) on the reordered tensors and
     restores the order. Returns ``out [B, S, H, D]`` (and the :class:`BlockMask` over the permuted sequence
-    when ``return_mask``).
+    when ``return_mask``). ``require_keys`` as in :func:`block_sparse_attention`.
     """
     if q.dim() != 4 or q.shape[1] != layout.num_tokens:
         raise ValueError(f"q must be [B, {layout.num_tokens}, H, D] for {layout}, got {tuple(q.shape)}")
@@ -301,5 +302,7 @@ def draft_attention(
     mask = draft_block_mask(
         qp, kp, layout, sparsity, block_size=block_size, patch=patch, scale=scale, pool_backend=pool_backend
     )
-    out = perm.invert(block_sparse_attention(qp, kp, vp, mask, scale=scale, backend=backend), dim=1)
+    out = perm.invert(
+        block_sparse_attention(qp, kp, vp, mask, scale=scale, backend=backend, require_keys=require_keys), dim=1
+    )
     return (out, mask) if return_mask else out

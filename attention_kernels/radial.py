@@ -9,7 +9,9 @@ with s tokens per frame (see reference/sparse-attention-methods.md section 1.2):
    ``w = max(2**bl(s) / 2**bl(d) * decay, block_size)`` and ``bl`` is the bit length;
 4. thinning: with ``L0 = 2**bl(s) / 2**bl(d)``, if ``L0 < 128`` the pair is kept only when ``d % int(128 / L0) == 0``;
 5. token -> block: a block of a pair's token mask is kept when, of its columns with any active entry, more than
-   60% have more than a third of ``block_size`` rows active. Blocks of all pairs are OR-ed.
+   60% have more than a third of the block's rows active (``block_size`` rows, fewer only in the sequence's
+   partial last block). Blocks of all pairs are OR-ed.
+6. every diagonal block is kept (a block's tokens attend their own frame densely), so no query block is empty.
 
 Text tokens (when the layout has them) attend to everything and are attended by everything.
 """
@@ -22,6 +24,7 @@ import math
 import torch
 
 from .block_mask import BlockMask
+from .frame_pairs import pair_blocks
 from .layout import TokenLayout, text_dense
 
 
@@ -47,32 +50,20 @@ def radial_pair_kept(tokens_per_frame: int, distance: int, thin_threshold: int =
     return distance % int(thin_threshold / span) == 0
 
 
-def _pair_block_pattern(
-    s: int, r_off: int, c_off: int, half_width: int | None, bs: int, col_ratio: float, row_ratio: float
+def _columns_above(
+    a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, c_lo: torch.Tensor, c_hi: torch.Tensor, thr: torch.Tensor
 ) -> torch.Tensor:
-    """Kept blocks [nR, nC] of one frame pair whose token mask starts at (r_off, c_off) inside its first block."""
-    n_r = math.ceil((r_off + s) / bs)
-    n_c = math.ceil((c_off + s) / bs)
-    # Local (within-frame) row range of each block row: [a, b).
-    rb = torch.arange(n_r)
-    a = (rb * bs - r_off).clamp(min=0)
-    b = ((rb + 1) * bs - r_off).clamp(max=s)
-    # Local column index of every column of every block column, -1 outside the frame.
-    cols = torch.arange(n_c * bs) - c_off
-    in_frame = (cols >= 0) & (cols < s)
-    x = cols.view(1, n_c, bs)
-    a_ = a.view(n_r, 1, 1)
-    b_ = b.view(n_r, 1, 1)
-    if half_width is None:
-        count = (b_ - a_).expand(n_r, n_c, bs)
-    else:
-        lo = torch.maximum(a_, x - half_width)
-        hi = torch.minimum(b_, x + half_width + 1)
-        count = (hi - lo).clamp(min=0)
-    count = count * in_frame.view(1, n_c, bs)
-    active = (count > 0).sum(-1)
-    strong = (count > bs * row_ratio).sum(-1)
-    return (active > 0) & (strong > col_ratio * active)
+    """Columns ``x`` in ``[c_lo, c_hi)`` with more than ``thr`` rows ``r`` in ``[a, b)`` such that ``|x - r| <= w``.
+
+    All arguments broadcast; integers except ``thr`` (float). The rows of column ``x`` inside the band are
+    ``[max(a, x - w), min(b, x + w + 1))``; their count exceeds ``thr`` iff ``b - a > thr``, ``2w + 1 > thr``,
+    ``x > a - w - 1 + thr`` and ``x < b + w - thr`` (a difference of a min and a max exceeds ``thr`` iff all four
+    differences do), so the columns that pass form one integer interval.
+    """
+    lo = torch.maximum(c_lo.double(), torch.floor(a - w - 1 + thr) + 1)
+    hi = torch.minimum(c_hi.double(), torch.ceil(b + w - thr))
+    ok = ((b - a) > thr) & ((2 * w + 1) > thr)
+    return torch.where(ok, (hi - lo).clamp(min=0), torch.zeros_like(lo))
 
 
 @functools.lru_cache(maxsize=64)
@@ -85,30 +76,31 @@ def _radial_dense(
     col_ratio: float,
     row_ratio: float,
 ) -> torch.Tensor:
+    """bool ``[NB, NB]`` over the whole sequence; vectorised over every frame pair and block (no per-pair loop)."""
     f, s, bs = layout.frames, layout.tokens_per_frame, block_size
-    n = math.ceil(layout.num_tokens / bs)
-    dense = torch.zeros(n, n, dtype=torch.bool)
-    start = layout.video_start
-    patterns: dict[tuple, torch.Tensor] = {}
-    for i in range(f):
-        for j in range(f):
-            d = abs(i - j)
-            if sink and j == 0:
-                width = None
-            else:
-                if not radial_pair_kept(s, d, thin_threshold):
-                    continue
-                w = radial_window(s, d, decay, bs)
-                width = None if w is None else math.floor(w)
-                if width is not None and width >= s - 1:
-                    width = None  # the band covers the whole frame pair
-            r0, c0 = start + i * s, start + j * s
-            key = (width, r0 % bs, c0 % bs)
-            if key not in patterns:
-                patterns[key] = _pair_block_pattern(s, r0 % bs, c0 % bs, width, bs, col_ratio, row_ratio)
-            p = patterns[key]
-            R, C = r0 // bs, c0 // bs
-            dense[R : R + p.shape[0], C : C + p.shape[1]] |= p
+    # Per frame distance: whether the pair is kept and its band half-width (s: the whole frame pair).
+    width_d, kept_d = [], []
+    for d in range(f):
+        w = radial_window(s, d, decay, bs)
+        width_d.append(s if w is None or math.floor(w) >= s - 1 else math.floor(w))
+        kept_d.append(radial_pair_kept(s, d, thin_threshold))
+    fi = torch.arange(f)
+    dist = (fi[:, None] - fi[None, :]).abs()
+    width = torch.tensor(width_d)[dist]
+    kept = torch.tensor(kept_d)[dist]
+    if sink:
+        width[:, 0], kept[:, 0] = s, True
+    qi, kj = kept.nonzero(as_tuple=True)  # [P] query frame, key frame of every kept pair
+    g = pair_blocks(layout, bs, qi, kj)
+    w = width[qi, kj].view(-1, 1, 1).double()
+    a, b = g.a.double(), g.b.double()
+    active = _columns_above(a, b, w, g.c_lo, g.c_hi, torch.zeros((), dtype=torch.float64))
+    # The sequence's last block may be partial, and its tokens belong to their frames like any other: the
+    # one-third row rule is taken of the rows a block really holds, not of block_size.
+    strong = _columns_above(a, b, w, g.c_lo, g.c_hi, g.real_rows.double() * row_ratio)
+    dense = g.scatter((active > 0) & (strong > col_ratio * active))
+    # Every query block attends at least its own block: its tokens sit in frame pairs at distance 0.
+    dense.fill_diagonal_(True)
     return text_dense(dense, layout, bs)
 
 

@@ -13,46 +13,27 @@ taken from a recent full-attention step: ``rho = Z_S / Z_full = exp(lse_S - lse_
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
 from .block_mask import BlockMask
+from .frame_pairs import pair_blocks
 from .layout import TokenLayout, text_dense
-
-
-def _pair_blocks(s: int, r_off: int, c_off: int, window: int, bs: int) -> torch.Tensor:
-    """Kept blocks ``[nR, nC]`` of one frame pair whose ``s x s`` token block starts at ``(r_off, c_off)`` inside its
-    first block: a block is kept iff some row ``r`` and column ``c`` of the pair inside it have ``|r - c| <= window``.
-    """
-    n_r = math.ceil((r_off + s) / bs)
-    n_c = math.ceil((c_off + s) / bs)
-    # Within-frame index range [lo, hi] (inclusive) each block row / column covers.
-    rb, cb = torch.arange(n_r), torch.arange(n_c)
-    r_lo, r_hi = (rb * bs - r_off).clamp(min=0), ((rb + 1) * bs - r_off - 1).clamp(max=s - 1)
-    c_lo, c_hi = (cb * bs - c_off).clamp(min=0), ((cb + 1) * bs - c_off - 1).clamp(max=s - 1)
-    # Two intervals hold points within ``window`` of each other iff the gap between them is at most ``window``.
-    return (r_lo[:, None] <= c_hi[None, :] + window) & (c_lo[None, :] <= r_hi[:, None] + window)
 
 
 @functools.lru_cache(maxsize=64)
 def _rettention_dense(layout: TokenLayout, block_size: int, window_tokens: int, window_frames: int | None):
-    f, s, bs = layout.frames, layout.tokens_per_frame, block_size
-    n = math.ceil(layout.num_tokens / bs)
-    dense = torch.zeros(n, n, dtype=torch.bool)
-    start = layout.video_start
-    wf = f if window_frames is None else window_frames
-    patterns: dict[tuple[int, int], torch.Tensor] = {}
-    for i in range(f):
-        for j in range(max(0, i - wf), min(f, i + wf + 1)):
-            r0, c0 = start + i * s, start + j * s
-            key = (r0 % bs, c0 % bs)
-            if key not in patterns:
-                patterns[key] = _pair_blocks(s, key[0], key[1], window_tokens, bs)
-            p = patterns[key]
-            R, C = r0 // bs, c0 // bs
-            dense[R : R + p.shape[0], C : C + p.shape[1]] |= p
-    return text_dense(dense, layout, bs)
+    """bool ``[NB, NB]``: a block is kept iff some row ``r`` and column ``c`` of a frame pair inside the window
+    lie in it with ``|r - c| <= window_tokens`` (vectorised over every frame pair and block)."""
+    f = layout.frames
+    fi = torch.arange(f)
+    near = (fi[:, None] - fi[None, :]).abs() <= (f if window_frames is None else window_frames)
+    g = pair_blocks(layout, block_size, *near.nonzero(as_tuple=True))
+    # Row range [a, b) and column range [c_lo, c_hi), both non-empty, hold points within the window of each other
+    # iff the gap between the ranges is at most window_tokens.
+    keep = (g.a < g.b) & (g.c_lo < g.c_hi)
+    keep &= (g.a <= g.c_hi - 1 + window_tokens) & (g.c_lo <= g.b - 1 + window_tokens)
+    return text_dense(g.scatter(keep), layout, block_size)
 
 
 @functools.lru_cache(maxsize=64)

@@ -171,12 +171,14 @@ def sparse_vdit_attention(
     block_size: int = 128,
     scale: float | None = None,
     backend: str = "auto",
+    require_keys: bool = False,
 ) -> torch.Tensor:
     """Self-attention with one Sparse-vDiT pattern per head.
 
     q/k/v ``[B, S, H, D]`` with ``S == layout.num_tokens`` and ``len(patterns) == H``. Returns ``[B, S, H, D]`` in
     q's dtype: skip heads are zeros, the others run in one :func:`block_sparse_attention` launch per token order
-    (the ``"position"`` group on position-major permuted tokens, inverted on the output).
+    (the ``"position"`` group on position-major permuted tokens, inverted on the output). Skip heads never enter
+    a launch, so ``require_keys`` (see :func:`block_sparse_attention`) holds the other heads to the invariant.
     """
     if q.dim() != 4:
         raise ValueError(f"q, k, v must be [B, S, H, D], got q of shape {tuple(q.shape)}")
@@ -196,7 +198,7 @@ def sparse_vdit_attention(
         if g.order == "position":
             perm = position_major_permutation(layout)
             qg, kg, vg = (perm.apply(t, dim=1) for t in (qg, kg, vg))
-        og = block_sparse_attention(qg, kg, vg, g.mask, scale=scale, backend=backend)
+        og = block_sparse_attention(qg, kg, vg, g.mask, scale=scale, backend=backend, require_keys=require_keys)
         if g.order == "position":
             og = perm.invert(og, dim=1)
         if covers_all:

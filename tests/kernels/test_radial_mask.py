@@ -9,7 +9,11 @@ from accel.attention_kernels import BlockMask, TokenLayout, radial_mask
 
 
 def brute_force_radial(layout, bs, decay, sink, thin=128, col_ratio=0.6, row_ratio=1 / 3):
-    """Token-level masks per frame pair, each turned into blocks column by column, then OR-ed."""
+    """Token-level masks per frame pair, each turned into blocks column by column, then OR-ed; diagonal kept.
+
+    A block column counts as strong when more than ``row_ratio`` of the block row's real rows are active in it
+    (``bs`` rows, fewer in the sequence's partial last block).
+    """
     f, s = layout.frames, layout.tokens_per_frame
     n_tok = layout.num_tokens
     nb = math.ceil(n_tok / bs)
@@ -33,13 +37,15 @@ def brute_force_radial(layout, bs, decay, sink, thin=128, col_ratio=0.6, row_rat
             r0, c0 = start + i * s, start + j * s
             full[r0 : r0 + s, c0 : c0 + s] = pair
             for R in range(nb):
+                rows = min(bs, n_tok - R * bs)  # the sequence's last block may be partial
                 for C in range(nb):
                     tile = full[R * bs : (R + 1) * bs, C * bs : (C + 1) * bs]
                     per_col = tile.sum(0)
                     active = (per_col > 0).sum()
-                    strong = (per_col > bs * row_ratio).sum()
+                    strong = (per_col > rows * row_ratio).sum()
                     if active > 0 and strong > col_ratio * active:
                         out[R, C] = True
+    np.fill_diagonal(out, True)
     if layout.text_len:
         ts = layout.text_slice
         lo, hi = ts.start // bs, (ts.stop - 1) // bs
