@@ -17,6 +17,7 @@ from .config import (
     TaylorSeerConfig,
     list_presets,
 )
+from .ownership import running
 
 
 def calibrate(pipe, prompts, **kwargs):
@@ -41,5 +42,6 @@ __all__ = [
     "disable",
     "is_accelerated",
     "list_presets",
+    "running",
     "stats",
 ]

@@ -90,8 +90,9 @@ class StepHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, transformer_name: str, layout_fn, timestep_fn, pipe, on_reset=()):
+    def __init__(self, transformer_name: str, layout_fn, timestep_fn, pipe, on_reset=(), active=lambda: True):
         super().__init__()
+        self.active = active  # whether the owning installation acts on this call (see accel.ownership)
         self.on_reset = tuple(on_reset)  # callables run when diffusers resets stateful hooks (end of a pipeline call)
         self.transformer_name = transformer_name
         self.layout_fn = layout_fn
@@ -155,6 +156,8 @@ class StepHook(ModelHook):
         return i, ts.numel()
 
     def new_forward(self, module, *args, **kwargs):
+        if not self.active():
+            return self.fn_ref.original_forward(*args, **kwargs)
         # Pipelines that open no cache context (PixArt, ...) get one, so stateful hooks below keep their state.
         opened = self._context() is None
         if opened:
@@ -175,13 +178,16 @@ class StepHook(ModelHook):
 
 
 class LayerHook(ModelHook):
-    """On a self-attention module: makes its LayerPlan current while it runs."""
+    """On a self-attention module: makes its LayerPlan current while it runs (when its owner is running)."""
 
-    def __init__(self, plan: LayerPlan):
+    def __init__(self, plan: LayerPlan, active=lambda: True):
         super().__init__()
         self.plan = plan
+        self.active = active
 
     def new_forward(self, module, *args, **kwargs):
+        if not self.active():
+            return self.fn_ref.original_forward(*args, **kwargs)
         token = CURRENT_LAYER.set(self.plan)
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
@@ -199,9 +205,18 @@ def add_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
 
 def remove_hook(module: torch.nn.Module, name: str) -> None:
     registry = getattr(module, "_diffusers_hook", None)
-    if registry is None:
+    if registry is None or name not in registry.hooks:
         return
+    index = registry._hook_order.index(name)
+    above = registry._fn_refs[index + 1] if index + 1 < len(registry._fn_refs) else None
+    above_forward = None if above is None else above.forward
     registry.remove_hook(name, recurse=False)
+    if above is not None and above.original_forward is not None:
+        # diffusers re-points the next hook's ``forward`` at what lay below the removed hook, but for a hook with
+        # ``new_forward`` that field is the hook itself and the chain continues through ``original_forward``:
+        # left alone, the next hook would be skipped and the removed one would still run. (Pipelines sharing a
+        # transformer stack hooks and remove them in any order.)
+        above.original_forward, above.forward = above.forward, above_forward
     if registry.hooks:
         return
     # Leave the module as we found it: remove_hook leaves the original bound forward as an instance attribute;

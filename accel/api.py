@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import AccelConfig, DraftConfig, RadialConfig, RettentionConfig, SparseVDiTConfig, resolve_config
+from .ownership import Ownership
 from .state import Stats
 
 _STATE_ATTR = "_accel_state"
+_TAGS = itertools.count()
+# transformer -> installations on it. Several pipelines may share one transformer (diffusers' from_pipe): each
+# installation's hooks carry a unique name and act only while their owner runs (accel.ownership).
+_ON_TRANSFORMER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Installed:
     """Everything accelerate() put on a pipeline, so disable() can take exactly that off again."""
 
@@ -25,6 +31,12 @@ class _Installed:
     meter: Any = None  # caches.MemoryMeter when a feature cache is installed
     method: Any = None  # the attention method object
     finalizers: list[Any] = field(default_factory=list)
+    ownership: Ownership = field(default_factory=lambda: Ownership(scoped=False))
+    tag: int = field(default_factory=lambda: next(_TAGS))
+    holder: str = ""  # type name of what accelerate() was called on, for messages
+
+    def hook_name(self, kind: str) -> str:
+        return f"{kind}#{self.tag}"
 
 
 def _method_for(config, models: dict[str, dict]) -> Any:
@@ -99,8 +111,16 @@ def _accelerate(pipe, config: AccelConfig, method_factory=None):
     spec = specs[0]
     defaults = spec.defaults(pipe)
 
+    from . import ownership
+
     stats = Stats()
-    installed = _Installed(config=config, spec=spec, stats=stats)
+    scoped = ownership.is_scoped_holder(pipe)
+    installed = _Installed(
+        config=config, spec=spec, stats=stats, ownership=Ownership(scoped), holder=type(pipe).__name__
+    )
+    for name, module in transformers:
+        _check_sharing(name, module, installed)
+    active = installed.ownership.active
     try:
         method = attn_cfg = cache_cfg = None
         if config.attention is not None:
@@ -123,32 +143,36 @@ def _accelerate(pipe, config: AccelConfig, method_factory=None):
             )
         installs = method is not None or cache_cfg is not None  # the dense preset installs nothing
         for (name, transformer), tspec in zip(transformers, specs, strict=True) if installs else ():
-            bridge.add_hook(
-                transformer,
-                bridge.StepHook(
-                    name,
-                    tspec.layout_from_inputs,
-                    tspec.timestep_from_inputs,
-                    pipe,
-                    on_reset=[method.reset] if hasattr(method, "reset") else [],
-                ),
-                bridge.STEP_HOOK,
+            step_hook = bridge.StepHook(
+                name,
+                tspec.layout_from_inputs,
+                tspec.timestep_from_inputs,
+                pipe,
+                on_reset=[method.reset] if hasattr(method, "reset") else [],
+                active=active,
             )
-            installed.hooks.append((transformer, bridge.STEP_HOOK))
+            _add(installed, transformer, step_hook, bridge.STEP_HOOK)
             installed.transformers.append(transformer)
+            _ON_TRANSFORMER.setdefault(transformer, []).append(installed)
             if method is not None:
                 for _, layer_index, attn in tspec.self_attention_modules(transformer):
-                    bridge.add_hook(attn, bridge.LayerHook(LayerPlan(layer_index, method, stats)), bridge.LAYER_HOOK)
-                    installed.hooks.append((attn, bridge.LAYER_HOOK))
+                    _add(
+                        installed,
+                        attn,
+                        bridge.LayerHook(LayerPlan(layer_index, method, stats), active),
+                        bridge.LAYER_HOOK,
+                    )
                 if tspec.attention_call_site not in installed.call_sites:
                     bridge.install_call_site(tspec.attention_call_site, route_attention)
                     installed.call_sites.append(tspec.attention_call_site)
-                    installed.finalizers.append(_release_with(pipe, tspec.attention_call_site))
             if cache_cfg is not None:
-                for module, hook in _cache_hooks(transformer, tspec, cache_cfg, schedule, stats, installed.meter):
-                    bridge.add_hook(module, hook, bridge.CACHE_HOOK)
-                    installed.hooks.append((module, bridge.CACHE_HOOK))
+                hooks = _cache_hooks(transformer, tspec, cache_cfg, schedule, stats, installed.meter, active)
+                for module, hook in hooks:
+                    _add(installed, module, hook, bridge.CACHE_HOOK)
             bridge.refresh_context_targets(transformer)
+        installed.finalizers.append(_remove_with(pipe, installed))
+        if scoped:
+            ownership.take(pipe)
     except Exception:
         _remove(installed)
         raise
@@ -156,8 +180,29 @@ def _accelerate(pipe, config: AccelConfig, method_factory=None):
     return pipe
 
 
-def _cache_hooks(transformer, spec, cfg, schedule, stats, meter):
-    """(module, hook) pairs of the feature cache for one transformer."""
+def _add(installed: _Installed, module, hook, kind: str) -> None:
+    from . import _diffusers_bridge as bridge
+
+    name = installed.hook_name(kind)
+    bridge.add_hook(module, hook, name)
+    installed.hooks.append((module, name))
+
+
+def _check_sharing(name: str, transformer, new: _Installed) -> None:
+    """Pipelines may share a transformer, each with its own acceleration; a holder that owns it outright may not."""
+    others = _ON_TRANSFORMER.get(transformer, [])
+    outright = [o for o in others if not o.ownership.scoped]
+    if outright or (others and not new.ownership.scoped):
+        holder = outright[0].holder if outright else others[0].holder
+        raise RuntimeError(
+            f"pipe.{name} is already accelerated through another {holder} that shares it, and a holder that is not "
+            "a pipeline applies acceleration to every call of the transformer; call accel.disable(...) on that "
+            "holder first"
+        )
+
+
+def _cache_hooks(transformer, spec, cfg, schedule, stats, meter, active):
+    """(module, hook) pairs of the feature cache for one transformer; they act only while ``active()``."""
     from diffusers.hooks.hooks import StateManager
 
     from accel.caches import LiteBlockHook, TaylorSeerHook, TaylorState
@@ -165,7 +210,9 @@ def _cache_hooks(transformer, spec, cfg, schedule, stats, meter):
 
     from .state import CURRENT_STEP
 
-    step_source = CURRENT_STEP.get
+    def step_source():
+        return CURRENT_STEP.get() if active() else None
+
     count = stats.add
     if not cfg.lite:
         targets = modules_matching(transformer, spec.cache_module_patterns)
@@ -183,13 +230,12 @@ def _cache_hooks(transformer, spec, cfg, schedule, stats, meter):
     return hooks
 
 
-def _release_with(pipe, call_site: str):
-    """Release the call site if the pipeline is garbage-collected while still accelerated."""
-    from . import _diffusers_bridge as bridge
-
+def _remove_with(pipe, installed: _Installed):
+    """Take the installation off (hooks on a possibly shared transformer, call sites) if the pipeline is
+    garbage-collected while still accelerated."""
     try:
-        return weakref.finalize(pipe, bridge.uninstall_call_site, call_site)
-    except TypeError:  # holders without weak references: only disable() releases
+        return weakref.finalize(pipe, _remove, installed)
+    except TypeError:  # holders without weak references: only disable() removes
         return None
 
 
@@ -205,9 +251,12 @@ def _remove(installed: _Installed) -> None:
         bridge.remove_hook(module, name)
     for transformer in installed.transformers:
         bridge.refresh_context_targets(transformer)
+        on = _ON_TRANSFORMER.get(transformer, [])
+        on[:] = [o for o in on if o is not installed]
     for site in installed.call_sites:
         bridge.uninstall_call_site(site)
     installed.hooks.clear()
+    installed.transformers.clear()
     installed.call_sites.clear()
 
 
@@ -221,6 +270,9 @@ def disable(pipe):
         return pipe
     _remove(installed)
     object.__delattr__(pipe, _STATE_ATTR)
+    from .ownership import release
+
+    release(pipe)
     return pipe
 
 

@@ -77,6 +77,38 @@ def test_new_forward_hook_sees_original_forward_and_removes_cleanly():
     assert not hasattr(lin, "_diffusers_hook") and "forward" not in lin.__dict__
 
 
+def test_stacked_new_forward_hooks_remove_in_any_order():
+    """Pipelines sharing a transformer stack hooks; removing a lower one must keep the upper one in the chain (the
+    bridge repairs what diffusers' remove_hook leaves for hooks with new_forward; see _diffusers_bridge.remove_hook).
+    """
+    from accel import _diffusers_bridge as bridge
+
+    class Scale(bridge.ModelHook):
+        def __init__(self, factor):
+            super().__init__()
+            self.factor = factor
+
+        def new_forward(self, module, *args, **kwargs):
+            return self.fn_ref.original_forward(*args, **kwargs) * self.factor
+
+    lin = torch.nn.Linear(2, 2)
+    x = torch.randn(3, 2)
+    want = lin(x)
+    for order in (
+        ("accel.a", "accel.b", "accel.c"),
+        ("accel.b", "accel.a", "accel.c"),
+        ("accel.c", "accel.b", "accel.a"),
+    ):
+        for name, f in (("accel.a", 2.0), ("accel.b", 3.0), ("accel.c", 5.0)):
+            bridge.add_hook(lin, Scale(f), name)
+        left = 30.0
+        for name in order:
+            bridge.remove_hook(lin, name)
+            left /= {"accel.a": 2.0, "accel.b": 3.0, "accel.c": 5.0}[name]
+            torch.testing.assert_close(lin(x), left * want)
+        assert not hasattr(lin, "_diffusers_hook") and "forward" not in lin.__dict__
+
+
 def test_import_accel_is_light():
     code = (
         "import sys, accel, torch\n"
