@@ -99,3 +99,30 @@ def tiny_wan_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def tiny_wan_i2v_pipeline(*, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A ``WanImageToVideoPipeline`` (Wan 2.1 I2V: CLIP image encoder, 36-channel transformer with image context)
+    with tiny random components, built offline like :func:`tiny_wan_pipeline`."""
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    base = tiny_wan_pipeline(seed=seed)
+    torch.manual_seed(seed + 1)
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=8, projection_dim=8, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            intermediate_size=16, patch_size=8,
+        )
+    ).eval()  # fmt: skip
+    pipe = WanImageToVideoPipeline(
+        tokenizer=base.tokenizer,
+        text_encoder=base.text_encoder,
+        vae=base.vae,
+        scheduler=base.scheduler,
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+        image_encoder=encoder,
+        transformer=tiny_wan_transformer(in_channels=36, image_dim=8),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)

@@ -52,6 +52,29 @@ def test_render_from_a_local_folder(wan_folder, tmp_path, monkeypatch, capsys):
     assert iio.imread(tmp_path / "fox.mp4", index=None).shape == (9, 64, 64, 3)
 
 
+@pytest.fixture(scope="module")
+def wan_i2v_folder(tmp_path_factory):
+    from accel.tiny import tiny_wan_i2v_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-wan-i2v-folder")
+    tiny_wan_i2v_pipeline().save_pretrained(folder)
+    return folder
+
+
+def test_image_to_video_from_a_local_folder(wan_i2v_folder, tmp_path, monkeypatch, capsys):
+    """--image end to end: WanImageToVideoPipeline cleans prompts with ftfy, which must come with the package."""
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    iio.imwrite(tmp_path / "first.png", np.full((64, 64, 3), (200, 40, 30), dtype=np.uint8))
+    args = ["a red fox", "--model", str(wan_i2v_folder), "--image", "first.png", "--preset", "radial", "-o", "fox.mp4"]
+    assert main([*args, "-q", *TINY]) == 0
+    assert "saved fox.mp4" in capsys.readouterr().out
+    assert iio.imread(tmp_path / "fox.mp4", index=None).shape == (9, 64, 64, 3)
+    assert main(["a red fox", "--model", str(wan_i2v_folder), "-o", "fox2.mp4", "-q", *TINY]) == 2
+    assert "pass --image PATH" in capsys.readouterr().err
+
+
 def test_unsupported_pipeline_is_refused_before_loading(image_pipeline_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["a cat", "--model", str(image_pipeline_folder), "--preset", "radial", "-o", "cat.png"]) == 2
