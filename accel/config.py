@@ -217,9 +217,11 @@ class TaylorSeerConfig:
     model's ModelSpec) run and refresh their values and finite differences up to ``order``; on the other steps their
     outputs are predicted by a Taylor/Newton expansion and the modules do not run at all.
 
-    - ``interval``: a full step every ``interval`` steps after the warm-up (TaylorSeer's N; Wan: 5).
-    - ``order``: highest difference order (0 = reuse the last value; Wan: 1).
-    - ``warmup_steps``: leading steps always computed (TaylorSeer's first_enhance; Wan: 1).
+    - ``interval``: TaylorSeer's fresh threshold N: a full step every ``interval`` steps, counted from step
+      ``warmup_steps - 1`` (Wan: 5, so 50 steps compute 0, 5, ..., 45 in full, as TaylorSeer-Wan2.1 does).
+    - ``order``: highest difference order (0 = reuse the last value; Wan: 1); differences are taken from the full
+      steps past ``warmup_steps - 2`` on, as in TaylorSeer.
+    - ``warmup_steps``: leading steps always computed (TaylorSeer's first_enhance E; Wan: 1).
     - ``final_full_steps``: trailing steps always computed.
     - ``distance``: what the differences are taken over: ``"sigma"`` (default; falls back to timestep, then step
       index, when a pipeline does not expose sigmas), ``"timestep"``, or ``"step"`` (TaylorSeer's original

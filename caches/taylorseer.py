@@ -55,11 +55,13 @@ class TaylorLadder:
         self.factors: list[torch.Tensor] = []  # d[0] = last value, d[i] = i-th difference
         self.position: float | None = None  # position of the last full step
 
-    def update(self, value: torch.Tensor, position: float) -> None:
+    def update(self, value: torch.Tensor, position: float, differences: bool = True) -> None:
+        """Record a full step's value; ``differences=False`` restarts the ladder at ``value`` (TaylorSeer takes no
+        differences during the early warm-up steps, see :meth:`CacheSchedule.takes_differences`)."""
         store = self.factor_dtype or value.dtype
         new = [value.detach().to(store)]
         gap = None if self.position is None else position - self.position
-        if gap:
+        if gap and differences:
             cur32 = value.detach().float()
             for i in range(min(len(self.factors), self.order)):
                 cur32 = (cur32 - self.factors[i].float()) / gap
@@ -115,8 +117,12 @@ class TaylorState(BaseState):
 
 
 class CacheSchedule:
-    """Which steps are computed in full: warm-up, every ``interval``-th step after it, the final steps, and any step
-    another component requires (``force_full``, e.g. sparse attention's dense warm-up)."""
+    """Which steps are computed in full: TaylorSeer's schedule, the final steps, and any step another component
+    requires (``force_full``, e.g. sparse attention's dense warm-up).
+
+    TaylorSeer's rule (fresh threshold ``N = interval``, first_enhance ``E = warmup_steps``): the first ``E`` steps,
+    then every ``N``-th step counted from step ``E - 1``; for ``N = 5, E = 1`` over 50 steps that is 0, 5, ..., 45.
+    """
 
     def __init__(self, interval: int, warmup_steps: int, final_full_steps: int, force_full=None):
         self.interval = interval
@@ -131,7 +137,11 @@ class CacheSchedule:
             return True
         if self.force_full is not None and self.force_full(step_index, num_steps):
             return True
-        return (step_index - self.warmup_steps) % self.interval == 0
+        return (step_index - (self.warmup_steps - 1)) % self.interval == 0
+
+    def takes_differences(self, step_index: int) -> bool:
+        """TaylorSeer's order rule: finite differences are only taken once the step is past ``E - 2``."""
+        return step_index > self.warmup_steps - 2
 
     def full_steps(self, num_steps: int) -> list[int]:
         return [i for i in range(num_steps) if self.is_full(i, num_steps)]
@@ -171,8 +181,9 @@ class _CacheHookBase(ModelHook):
         state.rebuild = rebuild
         state.input_shape = input_shape
         pos = step.position(self.distance)
+        differences = self.schedule.takes_differences(step.step_index)
         for lad, t in zip(state.ladders, tensors, strict=True):
-            lad.update(t, pos)
+            lad.update(t, pos, differences)
         if self.meter is not None:
             self.meter.add(state.nbytes() - before)
 

@@ -75,11 +75,42 @@ def test_factor_dtype_storage_and_memory():
     assert lad.predict(0.8, torch.float32).dtype == torch.float32
 
 
+def taylorseer_full_steps(num_steps, fresh_threshold, first_enhance):
+    """TaylorSeer's reference rule as its cal_type runs it (reference/caching-and-diffusers.md 1.2): full while
+    ``step < first_enhance`` or when the counter of Taylor steps since the last full step reaches N - 1."""
+    full, counter = [], 0
+    for i in range(num_steps):
+        if i < first_enhance or counter == fresh_threshold - 1:
+            full.append(i)
+            counter = 0
+        else:
+            counter += 1
+    return full
+
+
+def test_default_schedule_is_taylorseers_published_one():
+    s = CacheSchedule(interval=5, warmup_steps=1, final_full_steps=0)  # TaylorSeer-Wan2.1: N=5, E=1
+    assert s.full_steps(50) == list(range(0, 50, 5))  # 0, 5, ..., 45: 10 full steps
+    for n, N, E in [(50, 5, 1), (50, 4, 3), (28, 6, 2), (12, 3, 0), (30, 1, 1)]:
+        assert CacheSchedule(N, E, 0).full_steps(n) == taylorseer_full_steps(n, N, E), (n, N, E)
+
+
 def test_schedule_and_forced_full_steps():
     s = CacheSchedule(interval=5, warmup_steps=1, final_full_steps=0)
-    assert s.full_steps(12) == [0, 1, 6, 11]
+    assert s.full_steps(12) == [0, 5, 10]
     s = CacheSchedule(interval=3, warmup_steps=2, final_full_steps=2)
-    assert s.full_steps(12) == [0, 1, 2, 5, 8, 10, 11]
+    assert s.full_steps(12) == [0, 1, 4, 7, 10, 11]
     s = CacheSchedule(interval=5, warmup_steps=1, final_full_steps=0, force_full=lambda i, n: i < 3)
-    assert s.full_steps(12) == [0, 1, 2, 6, 11]
+    assert s.full_steps(12) == [0, 1, 2, 5, 10]
     assert CacheSchedule(1, 0, 0).full_steps(4) == [0, 1, 2, 3]
+
+
+def test_differences_start_past_first_enhance_minus_two():
+    s = CacheSchedule(interval=5, warmup_steps=3, final_full_steps=0)
+    assert [i for i in range(4) if s.takes_differences(i)] == [2, 3]
+    assert all(CacheSchedule(5, 1, 0).takes_differences(i) for i in range(3))
+    lad = TaylorLadder(2, "step", None)
+    for i, v in enumerate([1.0, 2.0, 4.0]):
+        lad.update(torch.tensor([v]), float(i), s.takes_differences(i))
+    # steps 0 and 1 only restart the ladder; step 2 takes the first difference from step 1
+    assert [f.item() for f in lad.factors] == [4.0, 2.0]
