@@ -6,8 +6,15 @@ first imported; GPU-only tests carry the ``gpu`` marker and are skipped here.
 
 import os
 
-import pytest
-import torch
+# Bitwise comparisons (disable is bit-identical, consecutive generations equal a fresh pipeline's, ...) must hold on a
+# busy machine. MKL and OpenMP may otherwise hand a kernel fewer threads while the machine is loaded (dynamic
+# adjustment), which changes reduction orders and the last bits of a sum; with a fixed thread count every kernel is
+# deterministic run to run. Set before torch loads MKL; CLI subprocesses inherit it.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+os.environ.setdefault("OMP_DYNAMIC", "FALSE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
