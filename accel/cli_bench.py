@@ -185,7 +185,7 @@ def cmd_bench(args) -> int:
     import torch
 
     import accel
-    from accel.metrics import psnr, ssim
+    from accel.testing.metrics import psnr, ssim
 
     presets = ["dense"] + list(dict.fromkeys(p.strip() for p in args.presets if p.strip() != "dense"))
     json_path = _check_side_file(args.json, "--json", None) if args.json else None

@@ -57,7 +57,7 @@ TINY_RANDOM_WAN_CONFIG = dict(num_layers=2, num_heads=2, head_dim=16, text_dim=3
 
 
 def _build_tiny_random_wan(dtype: torch.dtype):
-    from .tiny import tiny_wan_pipeline
+    from accel.testing import tiny_wan_pipeline
 
     return tiny_wan_pipeline(**TINY_RANDOM_WAN_CONFIG, dtype=dtype)
 

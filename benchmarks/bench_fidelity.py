@@ -255,8 +255,8 @@ def pipeline_part(steps: int):
     import tempfile
 
     import accel
-    from accel.metrics import psnr, relative_l2
-    from accel.tiny import tiny_wan_pipeline
+    from accel.testing import tiny_wan_pipeline
+    from accel.testing.metrics import psnr, relative_l2
 
     call = dict(
         prompt="w3 w4 w5 w6",

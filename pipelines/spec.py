@@ -38,6 +38,10 @@ class ModelSpec:
     - ``frame_multiple``: the frame count must be ``frame_multiple * k + 1`` (the VAE's temporal stride; Wan: 4,
       so 4k+1 frames); 1 allows any count.
     - ``default_fps``: frame rate of the model's published videos (Wan: 16); ``None`` when unknown.
+
+    Also per family: ``example_repos`` (Hub checkpoints known to load, for listings and messages) and
+    ``tiny_pipeline(**kw)`` (a tiny randomly initialised pipeline built offline from configs, for tests, benchmarks
+    and the CLI's embedded model).
     """
 
     name: str
@@ -56,6 +60,8 @@ class ModelSpec:
     spatial_multiple: int = 1
     frame_multiple: int = 1
     default_fps: int | None = None
+    example_repos: tuple[str, ...] = ()
+    tiny_pipeline: Callable[..., Any] | None = None
 
     def self_attention_modules(self, transformer: torch.nn.Module) -> list[tuple[str, int, torch.nn.Module]]:
         """``(name, layer_index, module)`` for every self-attention module of ``transformer``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from accel.attention_kernels import TokenLayout
 
 from .spec import ModelSpec, register_spec
@@ -41,6 +42,138 @@ def wan_defaults(pipe) -> dict:
     return {"radial": radial, "draft": draft, "taylorseer": taylorseer}
 
 
+# Hub checkpoints known to load as this family (for `diffusion-fast models` and messages).
+EXAMPLE_REPOS = (
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny test configuration: every code path of a real Wan pipeline (text encoder, tokenizer, transformer, VAE,
+# scheduler, classifier-free guidance) built offline from configs. Random weights: the video it makes is noise.
+
+TINY_VOCAB = 64
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{f"w{i}": i for i in range(3, TINY_VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+    )
+
+
+def tiny_wan_transformer(
+    *, num_layers: int = 2, num_heads: int = 2, head_dim: int = 16, text_dim: int = 32, in_channels: int = 16, **extra
+):
+    """A randomly initialised ``WanTransformer3DModel`` (``extra``: further config, e.g. ``image_dim`` for I2V)."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=num_heads,
+        attention_head_dim=head_dim,
+        in_channels=in_channels,
+        out_channels=16,
+        text_dim=text_dim,
+        freq_dim=256,
+        ffn_dim=4 * num_heads * head_dim,
+        num_layers=num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024,
+        **extra,
+    )
+
+
+def tiny_wan_pipeline(
+    *,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    head_dim: int = 16,
+    text_dim: int = 32,
+    seed: int = 0,
+    two_experts: bool = False,
+    dtype: torch.dtype = torch.float32,
+):
+    """A ``WanPipeline`` with tiny random components (T5 text encoder from a config, word-level tokenizer).
+
+    Any text maps onto the tiny vocabulary (unknown words become ``<unk>``), so any prompt works.
+    ``two_experts`` adds a ``transformer_2`` with a boundary ratio, like Wan 2.2 A14B.
+    """
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+
+    def transformer():
+        return tiny_wan_transformer(num_layers=num_layers, num_heads=num_heads, head_dim=head_dim, text_dim=text_dim)
+
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=TINY_VOCAB,
+            d_model=text_dim,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            dropout_rate=0.0,
+        )
+    ).eval()
+    pipe = WanPipeline(
+        transformer=transformer(),
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        text_encoder=text_encoder,
+        tokenizer=tiny_tokenizer(),
+        transformer_2=transformer() if two_experts else None,
+        boundary_ratio=0.875 if two_experts else None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def tiny_wan_i2v_pipeline(*, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A ``WanImageToVideoPipeline`` (Wan 2.1 I2V: CLIP image encoder, 36-channel transformer with image context)
+    with tiny random components, built offline like :func:`tiny_wan_pipeline`."""
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    base = tiny_wan_pipeline(seed=seed)
+    torch.manual_seed(seed + 1)
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=8, projection_dim=8, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            intermediate_size=16, patch_size=8,
+        )
+    ).eval()  # fmt: skip
+    pipe = WanImageToVideoPipeline(
+        tokenizer=base.tokenizer,
+        text_encoder=base.text_encoder,
+        vae=base.vae,
+        scheduler=base.scheduler,
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+        image_encoder=encoder,
+        transformer=tiny_wan_transformer(in_channels=36, image_dim=8),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
 WAN = register_spec(
     ModelSpec(
         name="wan",
@@ -59,5 +192,7 @@ WAN = register_spec(
         spatial_multiple=16,  # VAE 8x spatial compression x patch size 2
         frame_multiple=4,  # VAE 4x temporal compression: 4k+1 frames
         default_fps=16,
+        example_repos=EXAMPLE_REPOS,
+        tiny_pipeline=tiny_wan_pipeline,
     )
 )

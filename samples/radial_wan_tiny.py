@@ -17,8 +17,8 @@ import torch
 from accel.pipelines.wan import WAN
 
 import accel
-from accel.metrics import psnr, relative_l2
-from accel.tiny import tiny_wan_pipeline
+from accel.testing import tiny_wan_pipeline
+from accel.testing.metrics import psnr, relative_l2
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import torch
 
 import accel
 from accel import TaylorSeerConfig, accelerate, disable
-from accel.tiny import tiny_wan_pipeline, tiny_wan_transformer
+from accel.testing import tiny_wan_pipeline, tiny_wan_transformer
 from tests.helpers import run as run_call
 
 WAN_SITE = "diffusers.models.transformers.transformer_wan"

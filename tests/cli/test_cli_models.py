@@ -16,7 +16,7 @@ from .conftest import TINY, listing
 
 @pytest.fixture(scope="module")
 def wan_folder(tmp_path_factory):
-    from accel.tiny import tiny_wan_pipeline
+    from accel.testing import tiny_wan_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-wan-folder")
     tiny_wan_pipeline(**TINY_RANDOM_WAN_CONFIG).save_pretrained(folder)
@@ -54,7 +54,7 @@ def test_render_from_a_local_folder(wan_folder, tmp_path, monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def wan_i2v_folder(tmp_path_factory):
-    from accel.tiny import tiny_wan_i2v_pipeline
+    from accel.testing import tiny_wan_i2v_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-wan-i2v-folder")
     tiny_wan_i2v_pipeline().save_pretrained(folder)

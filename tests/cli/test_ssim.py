@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from accel.metrics import psnr, ssim
+from accel.testing.metrics import psnr, ssim
 
 
 def _brute_force_ssim(x, y, data_range, size=11, sigma=1.5, k1=0.01, k2=0.03) -> float:

@@ -1,6 +1,6 @@
 import pytest
 
-from accel.tiny import tiny_wan_pipeline
+from accel.testing import tiny_wan_pipeline
 from tests.helpers import run
 
 

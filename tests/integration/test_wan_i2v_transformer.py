@@ -5,7 +5,7 @@ import types
 import torch
 
 import accel
-from accel.tiny import tiny_wan_transformer
+from accel.testing import tiny_wan_transformer
 
 
 def test_i2v_transformer_routes_only_self_attention():

@@ -14,7 +14,7 @@ from accel import accelerate, disable
 from accel.config import RettentionConfig
 from accel.rettention import RettentionMethod
 from accel.state import Stats, StepInfo
-from accel.tiny import tiny_wan_pipeline
+from accel.testing import tiny_wan_pipeline
 from tests.helpers import CALL, run
 
 SMALL = dict(block_size=16)

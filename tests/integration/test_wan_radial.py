@@ -7,7 +7,7 @@ import torch
 
 import accel
 from accel import AccelConfig, RadialConfig, accelerate, disable
-from accel.tiny import tiny_wan_pipeline
+from accel.testing import tiny_wan_pipeline
 from tests.helpers import run
 
 SMALL = dict(block_size=16)  # the tiny grid has 80 tokens: 16-token blocks make the radial mask non-trivial
