@@ -21,3 +21,11 @@ class UnsupportedModelError(AccelError, ValueError):
 
 class StateError(AccelError, RuntimeError):
     """Applying acceleration twice, after torch.compile, or to a transformer another holder owns."""
+
+
+class PlanError(AccelError, ValueError):
+    """A Sparse-vDiT plan that is missing, invalid or made for another model or request."""
+
+
+class PlanNotFoundError(PlanError, FileNotFoundError):
+    """No plan file where one was expected."""

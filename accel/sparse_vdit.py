@@ -13,16 +13,11 @@ from accel.attention_kernels import TokenLayout
 from accel.attention_kernels.sparse_vdit import HeadPattern, pattern_density, sparse_vdit_attention
 
 from .config import SparseVDiTConfig
+from .errors import PlanError, PlanNotFoundError
 from .gating import WarmupMethod, checked_sparse, kernel_backend, runs_dense
 from .state import Stats, StepInfo
 
-
-class PlanError(ValueError):
-    """A Sparse-vDiT plan that is missing, invalid or made for another model or request."""
-
-
-class PlanNotFoundError(PlanError, FileNotFoundError):
-    """No plan file where one was expected."""
+__all__ = ["PlanError", "PlanNotFoundError"]  # re-exported: they used to live here
 
 
 CALIBRATE_HOW = "accel.calibrate(pipe, prompts, ...) (command line: diffusion-fast calibrate)"
