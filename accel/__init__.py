@@ -7,7 +7,7 @@
 ``import accel`` stays light: no triton, no diffusers model modules, no CUDA initialisation.
 """
 
-from .api import accel_config, accelerate, disable, is_accelerated, stats
+from .api import accel_config, accelerate, attention_method, disable, is_accelerated, stats
 from .config import (
     AccelConfig,
     DraftConfig,
@@ -21,8 +21,9 @@ from .ownership import running
 
 
 def calibrate(pipe, prompts, **kwargs):
-    """Sparse-vDiT calibration: see :func:`accel.calibration.calibrate` (imported lazily: it loads the kernels)."""
-    from .calibration import calibrate as _calibrate
+    """Sparse-vDiT calibration: see :func:`accel.methods.calibration.calibrate` (imported lazily: it loads the
+    kernels)."""
+    from .methods.calibration import calibrate as _calibrate
 
     return _calibrate(pipe, prompts, **kwargs)
 
@@ -38,6 +39,7 @@ __all__ = [
     "TaylorSeerConfig",
     "accel_config",
     "accelerate",
+    "attention_method",
     "calibrate",
     "disable",
     "is_accelerated",

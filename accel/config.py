@@ -9,10 +9,12 @@ from typing import Any
 
 from accel.attention_kernels.api import BACKENDS
 
+from .errors import ConfigError
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
-        raise ValueError(msg)
+        raise ConfigError(msg)
 
 
 def _fill_unset(cfg, model_defaults: dict[str, Any], generic: dict[str, Any]):
@@ -337,18 +339,18 @@ def resolve_config(preset: str | AccelConfig, overrides: dict[str, Any]) -> Acce
             if part not in PRESETS:
                 close = difflib.get_close_matches(part, list(PRESETS), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(
+                raise ConfigError(
                     f"unknown preset {part!r}{hint}; available presets: {', '.join(sorted(PRESETS))} "
                     "(combine an attention method and a cache with '+', e.g. radial+taylorseer)"
                 )
             sub = PRESETS[part].config
             if sub.attention is not None:
                 if attention is not None:
-                    raise ValueError(f"preset {preset!r} combines two attention methods; pick one")
+                    raise ConfigError(f"preset {preset!r} combines two attention methods; pick one")
                 attention = sub.attention
             if sub.cache is not None:
                 if cache is not None:
-                    raise ValueError(f"preset {preset!r} combines two caches; pick one")
+                    raise ConfigError(f"preset {preset!r} combines two caches; pick one")
                 cache = sub.cache
         cfg = AccelConfig(attention=attention, cache=cache)
     else:
@@ -364,5 +366,7 @@ def resolve_config(preset: str | AccelConfig, overrides: dict[str, Any]) -> Acce
         new[id(part)] = dataclasses.replace(part, **mine) if mine else part
     if remaining:
         valid = sorted({f.name for c in targets for f in dataclasses.fields(c)})
-        raise ValueError(f"unknown parameter(s) {sorted(remaining)} for preset {cfg.name!r}; valid parameters: {valid}")
+        raise ConfigError(
+            f"unknown parameter(s) {sorted(remaining)} for preset {cfg.name!r}; valid parameters: {valid}"
+        )
     return AccelConfig(attention=new.get(id(cfg.attention), cfg.attention), cache=new.get(id(cfg.cache), cfg.cache))

@@ -1,7 +1,9 @@
-"""Per-call runtime state: which denoising step and which attention layer is running.
+"""The core's value types: one transformer forward (:class:`StepInfo`), one self-attention layer
+(:class:`LayerKey`, :class:`LayerPlan`), and the counters (:class:`Stats`).
 
-Both travel through ContextVars, so concurrent pipelines, threads and re-entrant calls never see each other's
-state, and code outside an accelerated transformer sees ``None`` (and falls through to the original).
+Hosts put the current step and layer in ContextVars, so concurrent pipelines, threads and re-entrant calls never
+see each other's state, and code outside an accelerated transformer sees ``None`` (and falls through to the
+original).
 """
 
 from __future__ import annotations
@@ -9,14 +11,31 @@ from __future__ import annotations
 from collections import Counter
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+import torch
 
 from accel.attention_kernels import TokenLayout
 
 
+class LayerKey(NamedTuple):
+    """A self-attention layer, globally: the transformer (``"transformer"``, ``"transformer_2"``) and the layer's
+    index over every block list of that transformer (Flux / HunyuanVideo number double-stream blocks first, then
+    single-stream blocks). Per-layer state (Re-ttention, Sparse-vDiT plans) is keyed by it."""
+
+    transformer: str
+    index: int
+
+
 @dataclass(frozen=True)
 class StepInfo:
-    """One transformer forward: where the denoising loop is and what the token grid looks like."""
+    """One transformer forward: where the denoising loop is and what the token grid looks like.
+
+    ``full``: this step is computed in full (decided once per forward: the feature cache's schedule together with
+    what the attention method requires, such as its dense warm-up and Re-ttention's recalibration steps).
+    ``key_valid``: bool ``[B, S]`` marking real keys per batch item (padded text in joint attention), or None when
+    every key is real.
+    """
 
     step_index: int
     num_steps: int | None
@@ -25,6 +44,8 @@ class StepInfo:
     timestep: float | None = None
     sigma: float | None = None
     transformer: str = "transformer"
+    full: bool = True
+    key_valid: torch.Tensor | None = None
 
     def position(self, distance: str = "sigma") -> float:
         """Where this step sits on the denoising axis, for finite differences: sigma, timestep or step index."""
@@ -39,8 +60,8 @@ class StepInfo:
 class LayerPlan:
     """The attention method serving one self-attention module."""
 
-    layer_index: int
-    method: Any  # an attention method object with .attend(q, k, v, step, layer_index, scale)
+    layer: LayerKey
+    method: Any  # an accel.methods.AttentionMethod
     stats: Stats
 
 

@@ -39,7 +39,7 @@ from accel.attention_kernels.draft import draft_attention
 from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rettention_mask
 from accel.attention_kernels.sparse_vdit import pattern_density, sparse_vdit_attention
 
-from accel.calibration import LayerSearch
+from accel.methods.calibration import LayerSearch
 from benchmarks.common import bench, environment, write_results
 
 HEAD_TYPES = ("local", "local", "temporal", "temporal", "frame", "sink", "local", "diffuse")

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers.hooks import ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
+
+from accel.hosts.diffusers_internals import BaseState, ModelHook, StateManager
 
 _FACTOR_DTYPES = {
     None: None,
@@ -168,8 +168,9 @@ class _CacheHookBase(ModelHook):
         return state
 
     def _decide(self, step, state: TaylorState, input_shape) -> bool:
-        """True: run the module. Predict only when the schedule allows it and the ladder fits this input."""
-        if self.schedule.is_full(step.step_index, step.num_steps) or not state.ready:
+        """True: run the module. Predict only off full steps (``step.full``, decided once per forward from this
+        schedule and what the attention method requires) and when the ladder fits this input."""
+        if step.full or not state.ready:
             return True
         return state.input_shape != input_shape
 

@@ -20,16 +20,21 @@ class ModelSpec:
     - ``transformer_classes``: class names of the transformer module (matched on ``type(m).__name__``).
     - ``pipeline_classes``: pipelines known to work (for messages and docs).
     - ``transformer_attrs``: pipeline attributes that may hold such a transformer (Wan 2.2 has two experts).
-    - ``attention_call_site``: module whose global ``dispatch_attention_fn`` the attention processor calls.
-    - ``self_attention_pattern``: regex over ``named_modules()`` names selecting self-attention modules; its
-      first group is the layer index.
+    - ``attention_call_site``: the model file whose processors compute attention, and ``route``, how they do:
+      ``"dispatch"`` (its global ``dispatch_attention_fn``, q/k/v ``[B, S, H, D]``) or ``"sdpa"``
+      (``F.scaled_dot_product_attention``, ``[B, H, S, D]``).
+    - ``self_attention``: one regex per block list over ``named_modules()`` names, selecting the self-attention
+      modules; group 1 is the index within the list. Layers get one global index over the lists in order (Flux /
+      HunyuanVideo: double-stream blocks first, then single-stream blocks continue the numbering).
     - ``text_pos``: where text tokens sit inside self-attention (``"none"`` for Wan: text is cross-attention).
-    - ``layout_from_inputs(transformer, args, kwargs) -> TokenLayout``: the token grid of one forward call.
+    - ``layout_from_inputs(transformer, args, kwargs) -> TokenLayout``: the token grid of one forward call, text
+      placed as ``text_pos`` says.
+    - ``key_valid_from_inputs(transformer, args, kwargs) -> bool [B, S] | None``: real keys per batch item where
+      padded text sits in joint attention (None: every key is real).
     - ``timestep_from_inputs(args, kwargs) -> tensor | None``.
     - ``cache_module_patterns``: modules a feature cache hooks (attention and feed-forward outputs).
-    - ``cache_block_pattern``: regex (group 1 = index) for the transformer blocks, called in order with
-      ``hidden_states`` first and returning it (used by lite caching of the whole block stack).
-    - ``opens_cache_context``: whether the pipeline wraps denoiser calls in diffusers' ``cache_context``.
+    - ``cache_block_patterns``: regexes (group 1 = index) for the block lists, in call order, each block called
+      with ``hidden_states`` first and returning it (lite caching of the whole block stack).
     - ``defaults(pipe) -> {method: {param: value}}``: published per-model defaults, by attention method.
 
     Size rules, for front ends (the CLI) that check a request before any weights load:
@@ -49,13 +54,16 @@ class ModelSpec:
     pipeline_classes: tuple[str, ...]
     transformer_attrs: tuple[str, ...]
     attention_call_site: str
-    self_attention_pattern: str
+    self_attention: tuple[str, ...]
     layout_from_inputs: Callable[[torch.nn.Module, tuple, dict], TokenLayout]
     timestep_from_inputs: Callable[[tuple, dict], Any]
+    route: str = "dispatch"
     text_pos: str = "none"
+    key_valid_from_inputs: Callable[[torch.nn.Module, tuple, dict], torch.Tensor | None] = field(
+        default=lambda transformer, args, kwargs: None
+    )
     cache_module_patterns: tuple[str, ...] = ()
-    cache_block_pattern: str | None = None
-    opens_cache_context: bool = True
+    cache_block_patterns: tuple[str, ...] = ()
     defaults: Callable[[Any], dict[str, dict[str, Any]]] = field(default=lambda pipe: {})
     spatial_multiple: int = 1
     frame_multiple: int = 1
@@ -63,9 +71,15 @@ class ModelSpec:
     example_repos: tuple[str, ...] = ()
     tiny_pipeline: Callable[..., Any] | None = None
 
-    def self_attention_modules(self, transformer: torch.nn.Module) -> list[tuple[str, int, torch.nn.Module]]:
-        """``(name, layer_index, module)`` for every self-attention module of ``transformer``."""
-        return indexed_modules(transformer, self.self_attention_pattern)
+    def __post_init__(self):
+        if self.route not in ("dispatch", "sdpa"):
+            raise ValueError(f"ModelSpec {self.name!r}: route must be 'dispatch' or 'sdpa', got {self.route!r}")
+        if self.text_pos not in ("none", "first", "last"):
+            raise ValueError(f"ModelSpec {self.name!r}: text_pos must be none/first/last, got {self.text_pos!r}")
+
+    def self_attention_layers(self, transformer: torch.nn.Module) -> list[tuple[int, torch.nn.Module]]:
+        """``(global layer index, module)`` for every self-attention module, over all block lists in order."""
+        return [(i, m) for i, (_, m) in enumerate(_in_list_order(transformer, self.self_attention))]
 
     def token_count(self, frames: int, height: int, width: int) -> int:
         """Self-attention video tokens for a request in pixels and frames (Wan 81x480x832: 21 x 30 x 52)."""
@@ -79,10 +93,8 @@ class ModelSpec:
         return {"spec": self.name, "class": type(transformer).__name__, "config_sha1": digest}
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
-        """The transformer blocks in call order (``cache_block_pattern``), or [] when the spec does not say."""
-        if self.cache_block_pattern is None:
-            return []
-        return [m for _, _, m in sorted(indexed_modules(transformer, self.cache_block_pattern), key=lambda x: x[1])]
+        """The transformer blocks in call order (``cache_block_patterns``), or [] when the spec does not say."""
+        return [m for _, m in _in_list_order(transformer, self.cache_block_patterns)]
 
 
 _REGISTRY: list[ModelSpec] = []
@@ -101,6 +113,14 @@ def indexed_modules(transformer: torch.nn.Module, pattern: str) -> list[tuple[st
     """``(name, index, module)`` for modules whose name fullmatches ``pattern``; group 1 is the index."""
     pat = re.compile(pattern)
     return [(n, int(m.group(1)), mod) for n, mod in transformer.named_modules() if (m := pat.fullmatch(n))]
+
+
+def _in_list_order(transformer: torch.nn.Module, patterns) -> list[tuple[str, torch.nn.Module]]:
+    """Modules matched by ``patterns`` (one per block list, group 1 = index in the list): list by list, by index."""
+    out = []
+    for pattern in patterns:
+        out += [(n, m) for n, _, m in sorted(indexed_modules(transformer, pattern), key=lambda x: x[1])]
+    return out
 
 
 def modules_matching(transformer: torch.nn.Module, patterns) -> list[tuple[str, torch.nn.Module]]:

@@ -1,4 +1,4 @@
-"""The diffusers internals accel/_diffusers_bridge.py relies on. A failure here means diffusers changed them."""
+"""The diffusers internals accel/hosts/diffusers_internals.py relies on. A failure here means diffusers changed them."""
 
 import dataclasses
 import importlib
@@ -10,8 +10,22 @@ import torch
 from accel.pipelines import supported_specs
 
 
+def test_sdpa_route_sites_call_f_scaled_dot_product_attention():
+    """Processors that call SDPA directly (route "sdpa") reach it as the module-global ``F``."""
+    from diffusers.models import attention_processor
+
+    assert attention_processor.F is torch.nn.functional
+    src = inspect.getsource(attention_processor.AttnProcessor2_0.__call__)
+    assert "F.scaled_dot_product_attention(" in src
+    for spec in supported_specs():
+        if spec.route == "sdpa":
+            assert importlib.import_module(spec.attention_call_site).F is torch.nn.functional
+
+
 def test_call_sites_have_dispatch_attention_fn_with_expected_keywords():
     for spec in supported_specs():
+        if spec.route != "dispatch":
+            continue
         module = importlib.import_module(spec.attention_call_site)
         fn = module.dispatch_attention_fn
         params = inspect.signature(getattr(fn, "__accel_original__", fn)).parameters
@@ -61,7 +75,7 @@ def test_hook_and_cache_context_api():
 
 
 def test_new_forward_hook_sees_original_forward_and_removes_cleanly():
-    from accel import _diffusers_bridge as bridge
+    from accel.hosts import diffusers_internals as bridge
 
     class Probe(bridge.ModelHook):
         def new_forward(self, module, *args, **kwargs):
@@ -79,9 +93,9 @@ def test_new_forward_hook_sees_original_forward_and_removes_cleanly():
 
 def test_stacked_new_forward_hooks_remove_in_any_order():
     """Pipelines sharing a transformer stack hooks; removing a lower one must keep the upper one in the chain (the
-    bridge repairs what diffusers' remove_hook leaves for hooks with new_forward; see _diffusers_bridge.remove_hook).
+    bridge repairs what diffusers' remove_hook leaves for hooks with new_forward; see diffusers_internals.remove_hook).
     """
-    from accel import _diffusers_bridge as bridge
+    from accel.hosts import diffusers_internals as bridge
 
     class Scale(bridge.ModelHook):
         def __init__(self, factor):

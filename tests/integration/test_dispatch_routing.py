@@ -6,12 +6,12 @@ import pytest
 import torch
 from accel.attention_kernels import TokenLayout
 
-from accel.dispatch import route_attention
-from accel.state import CURRENT_LAYER, CURRENT_STEP, LayerPlan, Stats, StepInfo
+from accel.hosts.diffusers import route_dispatch as route_attention
+from accel.state import CURRENT_LAYER, CURRENT_STEP, LayerKey, LayerPlan, Stats, StepInfo
 
 
 class AlwaysSparse:
-    def attend(self, q, k, v, step, layer_index, scale, stats):
+    def attend(self, q, k, v, step, layer, scale, stats):
         stats.add("sparse")
         return torch.full_like(q, 7.0)
 
@@ -23,7 +23,7 @@ def original(q, k, v, **kwargs):
 @pytest.fixture
 def active():
     stats = Stats()
-    t1 = CURRENT_LAYER.set(LayerPlan(3, AlwaysSparse(), stats))
+    t1 = CURRENT_LAYER.set(LayerPlan(LayerKey("transformer", 3), AlwaysSparse(), stats))
     t2 = CURRENT_STEP.set(StepInfo(5, 10, "cond", TokenLayout(2, 2, 4)))
     yield stats
     CURRENT_LAYER.reset(t1)
@@ -74,3 +74,46 @@ def test_autograd_falls_back(active):
     q.requires_grad_(True)
     assert route_attention(original, q, k, v).abs().max() == 0
     assert active.counts["fallback:autograd"] == 1
+
+
+def test_sdpa_route_runs_a_processor_that_calls_sdpa_directly():
+    """AttnProcessor2_0 (PixArt, ...) calls F.scaled_dot_product_attention with [B, H, S, D]: the router hands the
+    core [B, S, H, D] and gives the processor its own layout back; torch itself is never patched."""
+    from diffusers.models import attention_processor as ap
+
+    from accel.hosts import diffusers_internals as di
+    from accel.hosts.diffusers import route_sdpa
+
+    class Marked:
+        def attend(self, q, k, v, step, layer, scale, stats):
+            stats.add("sparse")
+            return q * 0 + torch.arange(q.shape[2], dtype=q.dtype).view(1, 1, -1, 1)  # head index, [B, S, H, D]
+
+    attn = ap.Attention(query_dim=16, heads=2, dim_head=8, processor=ap.AttnProcessor2_0()).eval()
+    x = torch.randn(1, 16, 16)
+    torch.set_grad_enabled(False)  # (restored below) calls that need autograd keep the original attention
+    ref = attn(x)
+    stats = Stats()
+    di.install_call_site(ap.__name__, route_sdpa, "sdpa")
+    try:
+        assert ap.F is not torch.nn.functional and ap.F.gelu is torch.nn.functional.gelu
+        assert torch.nn.functional.scaled_dot_product_attention.__module__ == "torch._C._nn"
+        assert torch.equal(attn(x), ref)  # no accelerated layer current: the original runs
+        t1 = CURRENT_LAYER.set(LayerPlan(LayerKey("transformer", 0), Marked(), stats))
+        t2 = CURRENT_STEP.set(StepInfo(5, 10, "cond", TokenLayout(1, 4, 4)))
+        try:
+            out = attn(x)
+            masked = attn(x, attention_mask=torch.ones(1, 16, dtype=torch.bool))
+        finally:
+            CURRENT_LAYER.reset(t1)
+            CURRENT_STEP.reset(t2)
+    finally:
+        di.uninstall_call_site(ap.__name__, "sdpa")
+        torch.set_grad_enabled(True)
+    assert ap.F is torch.nn.functional
+    heads = torch.tensor([0.0] * 8 + [1.0] * 8)  # what the method returned, merged back to [B, S, H * D]
+    with torch.no_grad():
+        want = attn.to_out[0](heads.expand(1, 16, 16))
+    torch.testing.assert_close(out, want)
+    assert stats.counts["sparse"] == 1 and stats.counts["fallback:attn_mask"] == 1
+    torch.testing.assert_close(masked, ref)

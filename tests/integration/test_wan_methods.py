@@ -12,8 +12,8 @@ from accel.attention_kernels import TokenLayout
 import accel
 from accel import accelerate, disable
 from accel.config import RettentionConfig
-from accel.rettention import RettentionMethod
-from accel.state import Stats, StepInfo
+from accel.methods.rettention import RettentionMethod
+from accel.state import LayerKey, Stats, StepInfo
 from accel.testing import tiny_wan_pipeline
 from tests.helpers import CALL, run
 
@@ -66,7 +66,7 @@ def test_draft_rejects_a_patch_that_is_not_one_block():
 def test_rettention_schedule_state_and_memory(wan):
     pipe, ref = wan
     accelerate(pipe, "rettention", window_tokens=2, window_frames=0, **SMALL)
-    method = pipe._accel_state.method
+    method = accel.attention_method(pipe)
     try:
         out = run(pipe)
         s = accel.stats(pipe)
@@ -112,7 +112,7 @@ def test_rettention_same_inputs_reproduce_dense_and_drift_applies():
     stats = Stats()
 
     def call(i):
-        return m.attend(q, k, v, StepInfo(i, 10, "cond", layout), 0, None, stats)
+        return m.attend(q, k, v, StepInfo(i, 10, "cond", layout), LayerKey("transformer", 0), None, stats)
 
     dense = call(3)  # round(0.3 * 10) = 3 dense steps: step 3 is the first recalibration
     assert stats.counts["dense:recalibration"] == 1

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from accel.attention_kernels.draft import draft_attention
 
-from .config import DraftConfig
-from .gating import WarmupMethod, checked_sparse, kernel_backend, runs_dense
-from .state import Stats, StepInfo
+from ..config import DraftConfig
+from ..state import LayerKey, Stats, StepInfo
+from . import register_method
+from .base import WarmupMethod, checked_sparse, kernel_backend, runs_dense
 
 
+@register_method(DraftConfig)
 class DraftMethod(WarmupMethod):
     name = "draft"
     config: DraftConfig
 
-    def attend(self, q, k, v, step: StepInfo, layer_index: int, scale, stats: Stats):
+    def attend(self, q, k, v, step: StepInfo, layer: LayerKey, scale, stats: Stats):
         cfg = self.config
-        if runs_dense(cfg, step, layer_index, stats):
+        if runs_dense(cfg, step, layer, stats):
             return None
 
         def run():

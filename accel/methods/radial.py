@@ -6,11 +6,13 @@ import torch
 
 from accel.attention_kernels import block_sparse_attention, radial_mask
 
-from .config import RadialConfig
-from .gating import WarmupMethod, checked_sparse, kernel_backend, runs_dense
-from .state import Stats, StepInfo
+from ..config import RadialConfig
+from ..state import LayerKey, Stats, StepInfo
+from . import register_method
+from .base import WarmupMethod, checked_sparse, kernel_backend, runs_dense
 
 
+@register_method(RadialConfig)
 class RadialMethod(WarmupMethod):
     name = "radial"
     config: RadialConfig
@@ -19,10 +21,10 @@ class RadialMethod(WarmupMethod):
         cfg = self.config
         return radial_mask(step.layout, cfg.block_size, cfg.decay, sink=cfg.sink, device=device)
 
-    def attend(self, q, k, v, step: StepInfo, layer_index: int, scale, stats: Stats):
+    def attend(self, q, k, v, step: StepInfo, layer: LayerKey, scale, stats: Stats):
         """Sparse output ``[B, S, H, D]``, or None when this call should run dense."""
         cfg = self.config
-        if runs_dense(cfg, step, layer_index, stats):
+        if runs_dense(cfg, step, layer, stats):
             return None
         mask = self.mask_for(step, q.device)
         if mask.density > cfg.max_density:

@@ -18,9 +18,10 @@ import torch
 from accel.attention_kernels import BlockMask, block_sparse_attention
 from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rettention_mask
 
-from .config import RettentionConfig
-from .gating import WarmupMethod, checked_sparse, dense_steps, kernel_backend, runs_dense
-from .state import Stats, StepInfo
+from ..config import RettentionConfig
+from ..state import LayerKey, Stats, StepInfo
+from . import register_method
+from .base import WarmupMethod, checked_sparse, dense_steps, kernel_backend, runs_dense
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,12 +40,13 @@ class _RowState:
         return self.rho.numel() * self.rho.element_size() + r
 
 
+@register_method(RettentionConfig)
 class RettentionMethod(WarmupMethod):
     name = "rettention"
     config: RettentionConfig
 
-    def __init__(self, config: RettentionConfig):
-        super().__init__(config)
+    def __init__(self, config: RettentionConfig, models: dict[str, dict] | None = None):
+        super().__init__(config, models)
         self.states: dict[tuple, _RowState] = {}
         self.bytes = 0
         self.peak_bytes = 0
@@ -77,11 +79,11 @@ class RettentionMethod(WarmupMethod):
         return rettention_mask(step.layout, cfg.block_size, cfg.window_tokens, frames, device=device)
 
     # ---- attention --------------------------------------------------------------------------------------------
-    def attend(self, q, k, v, step: StepInfo, layer_index: int, scale, stats: Stats):
+    def attend(self, q, k, v, step: StepInfo, layer: LayerKey, scale, stats: Stats):
         cfg = self.config
-        if runs_dense(cfg, step, layer_index, stats):
+        if runs_dense(cfg, step, layer, stats):
             return None
-        key = (step.transformer, layer_index, step.branch)
+        key = (layer, step.branch)
         state = self.states.get(key)
         shape = (q.shape[0], q.shape[2], q.shape[1])
         if state is not None and (state.step_index >= step.step_index or tuple(state.rho.shape) != shape):
@@ -91,7 +93,7 @@ class RettentionMethod(WarmupMethod):
         mask = self.mask_for(step, q.device)
         backend = kernel_backend(cfg.backend, q)
         if state is None or self.is_recalibration(step.step_index, step.num_steps):
-            return self._recalibrate(q, k, v, mask, key, step, layer_index, scale, backend, stats)
+            return self._recalibrate(q, k, v, mask, key, step, layer, scale, backend, stats)
         out = checked_sparse(
             stats,
             lambda: (
@@ -109,7 +111,7 @@ class RettentionMethod(WarmupMethod):
         state.step_index = step.step_index
         return out
 
-    def _recalibrate(self, q, k, v, mask, key, step, layer_index, scale, backend, stats):
+    def _recalibrate(self, q, k, v, mask, key, step, layer, scale, backend, stats):
         cfg = self.config
         if mask.empty_query_blocks:  # the sparse steps would refuse it: keep this layer dense, nothing to cache
             return checked_sparse(stats, lambda: block_sparse_attention(q, k, v, mask, require_keys=True))
@@ -118,7 +120,7 @@ class RettentionMethod(WarmupMethod):
         sparse, lse_sparse = block_sparse_attention(q, k, v, mask, scale=scale, backend=backend, return_lse=True)
         rho = mass_ratio(lse_sparse, lse_full)
         residual = None
-        if cfg.residual and (cfg.residual_layers is None or layer_index in cfg.residual_layers):
+        if cfg.residual and (cfg.residual_layers is None or layer.index in cfg.residual_layers):
             approx = reshape_sparse(sparse, rho) if cfg.reshape else sparse
             dtype = _DTYPES.get(cfg.residual_dtype, dense.dtype)
             residual = (dense.float() - approx.float()).to(dtype)

@@ -1,4 +1,5 @@
-"""What every sparse attention method shares: dense warm-up steps, dense first layers, short sequences, backend."""
+"""What every sparse attention method shares: dense warm-up steps, dense first layers, short sequences, backend,
+the key-coverage guard, and the do-nothing parts of the :class:`~accel.methods.AttentionMethod` protocol."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 
 from accel.attention_kernels.api import TRITON_HEAD_DIMS, EmptyQueryBlockError
 
-from .state import Stats, StepInfo
+from ..state import LayerKey, Stats, StepInfo
 
 
 def dense_steps(fraction: float, num_steps: int | None) -> int:
@@ -16,23 +17,39 @@ def dense_steps(fraction: float, num_steps: int | None) -> int:
     return int(fraction * (num_steps if num_steps else 50) + 0.5)
 
 
-class WarmupMethod:
-    """Base of the attention methods: holds the config; its dense warm-up steps are full steps of a feature cache."""
+class MethodBase:
+    """Holds the config and the architecture keys of the transformers served; no state, nothing forced full."""
 
-    def __init__(self, config):
+    name = "method"
+
+    def __init__(self, config, models: dict[str, dict] | None = None):
         self.config = config
+        self.models = dict(models or {})
+
+    def requires_full(self, step_index: int, num_steps: int | None) -> bool:
+        return False
+
+    def reset(self) -> None:
+        pass
+
+    def memory(self) -> dict[str, int]:
+        return {}
+
+
+class WarmupMethod(MethodBase):
+    """A method with a dense warm-up (``dense_step_fraction``): those steps are full steps of a feature cache."""
 
     def requires_full(self, step_index: int, num_steps: int | None) -> bool:
         """Steps a feature cache must compute in full: the dense warm-up must not be approximated at all."""
         return step_index < dense_steps(self.config.dense_step_fraction, num_steps)
 
 
-def runs_dense(cfg, step: StepInfo, layer_index: int, stats: Stats) -> bool:
+def runs_dense(cfg, step: StepInfo, layer: LayerKey, stats: Stats) -> bool:
     """True (and counted, with the reason) when this call keeps the original dense attention.
 
     ``cfg`` has ``dense_layers``, ``dense_step_fraction``, ``block_size`` and ``min_blocks``.
     """
-    if layer_index < cfg.dense_layers:
+    if layer.index < cfg.dense_layers:
         stats.add("dense", "first_layers")
         return True
     if step.step_index < dense_steps(cfg.dense_step_fraction, step.num_steps):
