@@ -37,6 +37,10 @@ def _check_gating(cfg) -> None:
     )
     _check(cfg.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
     _check(cfg.min_blocks >= 1, "min_blocks must be >= 1")
+    _check(
+        cfg.min_speedup >= 0,
+        f"min_speedup must be >= 0 (0 runs every eligible call sparse), got {cfg.min_speedup}",
+    )
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ class RadialConfig:
     - ``backend``: ``auto`` | ``triton`` | ``flex`` | ``reference``.
     - ``max_density``: a mask keeping more than this fraction runs dense instead (sparsity would not pay).
     - ``min_blocks``: sequences shorter than this many blocks run dense.
+    - ``min_speedup``: a call runs sparse only when the estimated speed-up over dense attention on this backend
+      and device, planning and recalibration included, is at least this (1.1; 0 turns the check off). See
+      :mod:`accel.methods.base`.
     """
 
     decay: float | None = None
@@ -61,6 +68,7 @@ class RadialConfig:
     backend: str = "auto"
     max_density: float = 0.9
     min_blocks: int = 4
+    min_speedup: float = 1.1
 
     method = "radial"
 
@@ -84,7 +92,7 @@ class DraftConfig:
     - ``patch``: (rows, cols) of latent tokens pooled into one draft token; rows * cols must equal ``block_size``.
       Frames that do not divide into patches are padded (padding keys are masked), never refused.
     - ``pool_backend``: ``auto`` (Triton on CUDA) | ``triton`` | ``torch`` for the pooling kernel.
-    - ``block_size``, ``backend``, ``min_blocks``: as for radial.
+    - ``block_size``, ``backend``, ``min_blocks``, ``min_speedup``: as for radial.
     """
 
     sparsity: float | None = None
@@ -95,6 +103,7 @@ class DraftConfig:
     backend: str = "auto"
     pool_backend: str = "auto"
     min_blocks: int = 4
+    min_speedup: float = 1.1
 
     method = "draft"
 
@@ -126,7 +135,7 @@ class SparseVDiTConfig:
       grid and step count in the plan directory (``$ACCEL_PLAN_DIR``, default ``~/.cache/diffusion-fast/plans``),
       where ``calibrate`` saves by default. A missing or mismatched plan is an error that says how to calibrate.
     - ``dense_step_fraction`` / ``dense_layers``: dense warm-up, as for radial (calibration skips those calls).
-    - ``block_size``, ``backend``, ``min_blocks``: as for radial.
+    - ``block_size``, ``backend``, ``min_blocks``, ``min_speedup``: as for radial.
     """
 
     plan: str | None = None
@@ -135,6 +144,7 @@ class SparseVDiTConfig:
     block_size: int = 128
     backend: str = "auto"
     min_blocks: int = 4
+    min_speedup: float = 1.1
 
     method = "sparse-vdit"
 
@@ -166,7 +176,7 @@ class RettentionConfig:
     - ``residual``: cache and add the residual.
     - ``residual_dtype``: storage dtype of residuals (None: the attention output's dtype).
     - ``residual_layers``: layer indices that keep a residual (None: all); the others still get the reshape.
-    - ``dense_layers``, ``block_size``, ``backend``, ``min_blocks``: as for radial.
+    - ``dense_layers``, ``block_size``, ``backend``, ``min_blocks``, ``min_speedup``: as for radial.
     """
 
     window_tokens: int = 128
@@ -182,6 +192,7 @@ class RettentionConfig:
     block_size: int = 128
     backend: str = "auto"
     min_blocks: int = 4
+    min_speedup: float = 1.1
 
     method = "rettention"
 

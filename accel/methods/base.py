@@ -7,7 +7,7 @@ import math
 import warnings
 from collections.abc import Callable
 
-from accel.attention_kernels.api import TRITON_HEAD_DIMS, EmptyQueryBlockError
+from accel.attention_kernels.api import TRITON_HEAD_DIMS, EmptyQueryBlockError, resolve_backend
 
 from ..state import LayerKey, Stats, StepInfo
 
@@ -85,3 +85,36 @@ def checked_sparse(stats: Stats, run: Callable[[], tuple]):
         return None
     stats.add("sparse", density=density)
     return out
+
+
+# Dense throughput of each sparse backend relative to the host's own dense attention (SDPA / FlashAttention) on a
+# device type: a call keeping a fraction ``d`` of the blocks costs about ``d / efficiency`` of the dense call.
+# CPU values were measured side by side with SDPA on the 2-core development machine (fp32, 2304-16384 tokens,
+# head dims 16-64: flex 0.55, gather 0.45 at block density 0.25-0.9; benchmarks/results/attention_cpu.md). The CUDA
+# values are provisional targets until a GPU session measures them (benchmarks/gpu_session.sh); "reference" is the
+# dense fp32 oracle and never pays.
+EFFICIENCY = {
+    ("cpu", "flex"): 0.55,
+    ("cpu", "gather"): 0.45,
+    ("cuda", "triton"): 0.8,
+    ("cuda", "flex"): 0.6,
+}
+DEFAULT_EFFICIENCY = 0.5  # devices and backends not measured yet
+REFERENCE_EFFICIENCY = 0.1
+
+
+def estimated_speedup(cost: float, backend: str, q) -> float:
+    """Dense time over sparse time for a call whose sparse path does ``cost`` dense-equivalent block work (the kept
+    block fraction, plus planning) on ``backend``; the efficiency table above turns block work into time."""
+    resolved = resolve_backend(kernel_backend(backend, q), q.device)
+    eff = REFERENCE_EFFICIENCY if resolved == "reference" else EFFICIENCY.get((q.device.type, resolved))
+    return (eff or DEFAULT_EFFICIENCY) / max(cost, 1e-9)
+
+
+def pays(cfg, cost: float, q, stats: Stats) -> bool:
+    """True when sparsity can pay for this call (``cfg.min_speedup``; 0 = always); else counted as
+    ``dense:not_faster``, so a preset never makes a pipeline slower than dense by its own choice."""
+    if cfg.min_speedup <= 0 or estimated_speedup(cost, cfg.backend, q) >= cfg.min_speedup:
+        return True
+    stats.add("dense", "not_faster")
+    return False

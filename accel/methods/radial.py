@@ -9,7 +9,7 @@ from accel.attention_kernels import block_sparse_attention, radial_mask
 from ..config import RadialConfig
 from ..state import LayerKey, Stats, StepInfo
 from . import register_method
-from .base import WarmupMethod, checked_sparse, kernel_backend, runs_dense
+from .base import WarmupMethod, checked_sparse, kernel_backend, pays, runs_dense
 
 
 @register_method(RadialConfig)
@@ -29,6 +29,8 @@ class RadialMethod(WarmupMethod):
         mask = self.mask_for(step, q.device)
         if mask.density > cfg.max_density:
             stats.add("dense", "mask_too_dense")
+            return None
+        if not pays(cfg, mask.density, q, stats):
             return None
         backend = kernel_backend(cfg.backend, q)
         return checked_sparse(

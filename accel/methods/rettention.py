@@ -21,7 +21,7 @@ from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rette
 from ..config import RettentionConfig
 from ..state import LayerKey, Stats, StepInfo
 from . import register_method
-from .base import WarmupMethod, checked_sparse, dense_steps, kernel_backend, runs_dense
+from .base import WarmupMethod, checked_sparse, dense_steps, kernel_backend, pays, runs_dense
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -60,6 +60,13 @@ class RettentionMethod(WarmupMethod):
         """Dense warm-up and recalibration steps must really run (a feature cache must not skip them)."""
         return super().requires_full(step_index, num_steps) or self.is_recalibration(step_index, num_steps)
 
+    def period_cost(self, density: float, num_steps: int | None) -> float:
+        """Block work per step over one recalibration period of N steps: the recalibration step runs full
+        attention and the sparse pass on this backend (1 + d), each of the N - 1 sparse steps d plus the reshape and
+        residual (about 2% of dense work)."""
+        n = self.config.recalibration_interval(num_steps)
+        return (1.0 + density + (n - 1) * (density + 0.02)) / n
+
     # ---- state ------------------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Drop every cached rho and residual (end of a pipeline call)."""
@@ -91,6 +98,8 @@ class RettentionMethod(WarmupMethod):
             del self.states[key]
             state = None
         mask = self.mask_for(step, q.device)
+        if not pays(cfg, self.period_cost(mask.density, step.num_steps), q, stats):
+            return None
         backend = kernel_backend(cfg.backend, q)
         if state is None or self.is_recalibration(step.step_index, step.num_steps):
             return self._recalibrate(q, k, v, mask, key, step, layer, scale, backend, stats)

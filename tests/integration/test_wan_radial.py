@@ -10,7 +10,9 @@ from accel import AccelConfig, RadialConfig, accelerate, disable
 from accel.testing import tiny_wan_pipeline
 from tests.helpers import run
 
-SMALL = dict(block_size=16)  # the tiny grid has 80 tokens: 16-token blocks make the radial mask non-trivial
+# The tiny grid has 80 tokens: 16-token blocks make the masks non-trivial. Sequences this short never pay on any
+# backend (min_speedup would keep them dense); these tests exercise the sparse path itself.
+SMALL = dict(block_size=16, min_speedup=0)
 WAN_SITE = "diffusers.models.transformers.transformer_wan"
 
 
@@ -89,7 +91,7 @@ def test_resolved_config_uses_published_wan_defaults(wan):
     finally:
         disable(pipe)
     assert (cfg.decay, cfg.dense_step_fraction, cfg.dense_layers, cfg.sink) == (0.2, 0.24, 1, True)
-    accelerate(pipe, AccelConfig(attention=RadialConfig(decay=0.5, block_size=16)))
+    accelerate(pipe, AccelConfig(attention=RadialConfig(decay=0.5, block_size=16, min_speedup=0)))
     try:
         assert accel.accel_config(pipe).attention.decay == 0.5
     finally:
@@ -187,3 +189,26 @@ def test_wan_spec_token_count_and_blocks(wan):
     assert WAN.token_count(17, 64, 64) == 5 * 4 * 4  # the tiny test call
     pipe, _ = wan
     assert WAN.blocks(pipe.transformer) == list(pipe.transformer.blocks)
+
+
+def test_sparsity_that_cannot_pay_runs_dense_and_says_why(wan):
+    """With the default min_speedup, a mask too dense for the backend to win keeps the original attention."""
+    pipe, ref = wan
+    accelerate(pipe, "radial", block_size=16, dense_step_fraction=0.0, dense_layers=0)  # density 0.64 on flex/CPU
+    try:
+        out = run(pipe)
+        s = accel.stats(pipe)
+    finally:
+        disable(pipe)
+    assert s.get("sparse", 0) == 0 and s["dense:not_faster"] == 24
+    assert torch.equal(out, ref)
+
+
+def test_speedup_estimate_follows_the_measured_efficiency():
+    from accel.methods.base import EFFICIENCY, estimated_speedup
+
+    q = torch.zeros(1, 8, 1, 8)
+    assert estimated_speedup(0.25, "flex", q) == pytest.approx(EFFICIENCY[("cpu", "flex")] / 0.25)
+    assert estimated_speedup(0.25, "gather", q) == pytest.approx(EFFICIENCY[("cpu", "gather")] / 0.25)
+    assert estimated_speedup(0.25, "reference", q) < 1  # the fp32 oracle never pays
+    assert estimated_speedup(0.9, "auto", q) < 1 < estimated_speedup(0.3, "auto", q)
