@@ -142,7 +142,11 @@ def _install(pipe, installed: _Installed, transformers, specs, attn_cfg, cache_c
         host.install_transformer(installed, name, transformer, spec, pipe, method, hooks, full_step)
 
 
-def _transformers(pipe, attrs=("transformer", "transformer_2")):
+def _transformers(pipe):
+    """``(attribute, module)`` of every denoiser the pipeline holds, under the attributes the specs name."""
+    from accel.pipelines import supported_specs
+
+    attrs = dict.fromkeys(a for s in supported_specs() for a in s.transformer_attrs)
     found = [(name, getattr(pipe, name, None)) for name in attrs]
     return [(n, t) for n, t in found if t is not None]
 

@@ -12,6 +12,13 @@ from accel.attention_kernels.api import BACKENDS
 from .errors import ConfigError
 
 
+def torch_dtype(name: str | None, default=None):
+    """The torch dtype a config's storage-dtype name stands for (``default`` for None)."""
+    import torch
+
+    return default if name is None else getattr(torch, name)
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -155,7 +162,9 @@ class SparseVDiTConfig:
         return _fill_unset(self, defaults, {"dense_step_fraction": 0.2, "dense_layers": 1})
 
 
-RESIDUAL_DTYPES = (None, "float32", "bfloat16", "float16")
+# Storage dtypes a config may name (None: the tensor's own dtype); accel.config.torch_dtype turns a name into a dtype.
+STORAGE_DTYPES = (None, "float32", "bfloat16", "float16")
+RESIDUAL_DTYPES = STORAGE_DTYPES
 
 
 @dataclass(frozen=True)
@@ -219,7 +228,7 @@ class RettentionConfig:
 
 
 DISTANCES = ("sigma", "timestep", "step")
-FACTOR_DTYPES = (None, "float32", "bfloat16", "float16")
+FACTOR_DTYPES = STORAGE_DTYPES
 
 
 @dataclass(frozen=True)

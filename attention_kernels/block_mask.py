@@ -194,3 +194,16 @@ class BlockMask:
             f"BlockMask(shape={self.shape}, block_size={self.block_size}, density={self.density:.3f}, "
             f"padded_keys={self.padded_keys}, device={self.device})"
         )
+
+
+@functools.lru_cache(maxsize=128)
+def cached_block_mask(dense: torch.Tensor, block_size: int, device: str) -> BlockMask:
+    """``BlockMask.from_dense(dense[None, None])`` on ``device``, cached for the static mask builders: their
+    ``[QB, KB]`` tensors come from caches themselves, so one layout hands over the same tensor object (tensors hash
+    by identity) and gets one BlockMask per device."""
+    return BlockMask.from_dense(dense.to(device)[None, None], block_size)
+
+
+def device_key(device) -> str:
+    """Cache key of an optional device argument (None: CPU)."""
+    return str(torch.device(device)) if device is not None else "cpu"

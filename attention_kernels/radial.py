@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .block_mask import BlockMask
+from .block_mask import BlockMask, cached_block_mask, device_key
 from .frame_pairs import pair_blocks
 from .layout import TokenLayout, text_dense
 
@@ -123,11 +123,4 @@ def radial_mask(
     if decay <= 0:
         raise ValueError(f"decay must be > 0, got {decay}")
     dense = _radial_dense(layout, block_size, float(decay), bool(sink), thin_threshold, col_ratio, row_ratio)
-    return _to_block_mask(dense, block_size, str(device) if device is not None else "cpu")
-
-
-@functools.lru_cache(maxsize=64)
-def _to_block_mask(dense: torch.Tensor, block_size: int, device: str) -> BlockMask:
-    # ``dense`` comes from the lru_cache above, so the same layout hands over the same tensor object (tensors
-    # hash by identity): one BlockMask per layout and device.
-    return BlockMask.from_dense(dense.to(device)[None, None], block_size)
+    return cached_block_mask(dense, block_size, device_key(device))

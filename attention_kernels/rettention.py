@@ -16,7 +16,7 @@ import functools
 
 import torch
 
-from .block_mask import BlockMask
+from .block_mask import BlockMask, cached_block_mask, device_key
 from .frame_pairs import pair_blocks
 from .layout import TokenLayout, text_dense
 
@@ -34,12 +34,6 @@ def _rettention_dense(layout: TokenLayout, block_size: int, window_tokens: int, 
     keep = (g.a < g.b) & (g.c_lo < g.c_hi)
     keep &= (g.a <= g.c_hi - 1 + window_tokens) & (g.c_lo <= g.b - 1 + window_tokens)
     return text_dense(g.scatter(keep), layout, block_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _to_block_mask(dense: torch.Tensor, block_size: int, device: str) -> BlockMask:
-    # ``dense`` comes from the cache above (tensors hash by identity): one BlockMask per arguments and device.
-    return BlockMask.from_dense(dense.to(device)[None, None], block_size)
 
 
 def rettention_mask(
@@ -61,7 +55,7 @@ def rettention_mask(
         raise ValueError(f"window_frames must be >= 0 or None, got {window_frames}")
     wf = None if window_frames is None else int(window_frames)
     dense = _rettention_dense(layout, int(block_size), int(window_tokens), wf)
-    return _to_block_mask(dense, int(block_size), str(torch.device(device)) if device is not None else "cpu")
+    return cached_block_mask(dense, int(block_size), device_key(device))
 
 
 def mass_ratio(lse_sparse: torch.Tensor, lse_full: torch.Tensor) -> torch.Tensor:

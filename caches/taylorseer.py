@@ -19,14 +19,8 @@ from typing import Any
 
 import torch
 
+from accel.config import torch_dtype
 from accel.hosts.diffusers_internals import BaseState, ModelHook, StateManager
-
-_FACTOR_DTYPES = {
-    None: None,
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 
 def _flatten(out) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
@@ -155,7 +149,7 @@ class _CacheHookBase(ModelHook):
         self.meter = meter
         self.order = config.order
         self.distance = config.distance
-        self.factor_dtype = _FACTOR_DTYPES[config.factor_dtype]
+        self.factor_dtype = torch_dtype(config.factor_dtype)
         self.schedule = schedule
         self.step_source = step_source
         self.count = count

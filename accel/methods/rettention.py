@@ -18,12 +18,10 @@ import torch
 from accel.attention_kernels import BlockMask, block_sparse_attention
 from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rettention_mask
 
-from ..config import RettentionConfig
+from ..config import RettentionConfig, torch_dtype
 from ..state import LayerKey, Stats, StepInfo
 from . import register_method
 from .base import WarmupMethod, checked_sparse, dense_steps, kernel_backend, pays, runs_dense
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -131,7 +129,7 @@ class RettentionMethod(WarmupMethod):
         residual = None
         if cfg.residual and (cfg.residual_layers is None or layer.index in cfg.residual_layers):
             approx = reshape_sparse(sparse, rho) if cfg.reshape else sparse
-            dtype = _DTYPES.get(cfg.residual_dtype, dense.dtype)
+            dtype = torch_dtype(cfg.residual_dtype, dense.dtype)
             residual = (dense.float() - approx.float()).to(dtype)
         self.states[key] = _RowState(step.step_index, rho, residual)
         self._account()
