@@ -1,102 +1,117 @@
 """Pipeline benchmark: a tiny offline Wan pipeline at a long sequence, dense vs accelerated presets.
 
-    python benchmarks/bench_pipeline.py [--device cuda] [--presets radial]
+    python -m benchmarks.bench_pipeline [--device cuda] [--presets radial draft]
 
-Same prompt and seed, run dense and with each preset in one process: wall time (median of --repeats after a
-warm-up), speed-up, attention-call counts, and quality of the output latents against dense (PSNR, relative L2).
-The tiny model has random weights, so quality numbers measure how far the approximation moves the computation,
-not visual quality. Results go to benchmarks/results/pipeline_<device>.{json,md}.
+The runs are the command line's harness (``accel.cli.runner.compare``, as ``diffusion-fast bench``): the same
+prompt and seed dense and with each preset on one loaded pipeline, one warm-up run each (mask build, kernel
+compile), then the median of --repeats timed runs; speed-up, attention-call counts, and quality of the output
+latents against dense (PSNR over the dense latents' span, relative L2). The tiny model has random weights, so
+quality numbers measure how far the approximation moves the computation, not visual quality. Results go to
+benchmarks/results/pipeline_<device>[_<tag>].{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 
-import torch
-from accel.pipelines.wan import WAN
+from accel.cli.models import DEFAULT_MODEL, EMBEDDED
+from accel.cli.parser import positive_int
+from accel.cli.request import build_request, token_grid
+from accel.cli.runner import compare, finite, load
+from benchmarks.common import environment, write_results
 
-import accel
-from accel.testing import tiny_wan_pipeline
-from accel.testing.metrics import psnr, relative_l2
-from benchmarks.common import bench, environment, write_results
+PROMPT = "a red fox running through snow"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--presets", nargs="*", default=["radial"])
-    p.add_argument("--frames", type=int, default=81)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=416)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--frames", type=positive_int, default=81)
+    p.add_argument("--height", type=positive_int, default=480)
+    p.add_argument("--width", type=positive_int, default=416)
+    p.add_argument("--steps", type=positive_int, default=10)
+    p.add_argument("--layers", type=positive_int, default=2)
+    p.add_argument("--heads", type=positive_int, default=2)
+    p.add_argument("--head-dim", type=positive_int, default=64)
+    p.add_argument("--repeats", type=positive_int, default=1)
     p.add_argument("--tag", default=None)
     args = p.parse_args()
 
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    pipe = tiny_wan_pipeline(num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim, dtype=dtype)
-    pipe.to(args.device)
-    call = dict(
-        prompt="a red fox running through snow",
-        negative_prompt="blurry",
-        num_inference_steps=args.steps,
+    base = EMBEDDED[DEFAULT_MODEL]
+    model = dataclasses.replace(
+        base,
+        name=f"{base.family}-tiny-{args.layers}x{args.heads}x{args.head_dim}",
+        config={**base.config, "num_layers": args.layers, "num_heads": args.heads, "head_dim": args.head_dim},
+    )
+    presets = ["dense", *dict.fromkeys(x for x in args.presets if x != "dense")]
+    request, configs = build_request(
+        model.source(),
+        presets,
+        device=args.device,
         height=args.height,
         width=args.width,
-        num_frames=args.frames,
-        max_sequence_length=16,
+        frames=args.frames,
+        steps=args.steps,
+        negative_prompt="blurry",
         output_type="latent",
+        call_extra={"max_sequence_length": 16},
     )
-    tokens = WAN.token_count(args.frames, args.height, args.width)
+    layout = token_grid(model.spec, True, request.frames, request.height, request.width)
+    tokens = layout.num_tokens
+    pipe = load(request, quiet=True)
+    print(f"{len(presets)} configurations, {tokens} tokens, {args.steps} steps, CFG, {request.device}", flush=True)
+    rows, _ = compare(
+        pipe,
+        request,
+        PROMPT,
+        presets,
+        configs,
+        warmup=1,
+        repeats=args.repeats,
+        progress=lambda text: print(text, file=sys.stderr, flush=True),
+    )
 
-    def render():
-        return pipe(generator=torch.Generator(args.device).manual_seed(0), **call).frames
-
-    dense = render()
-    t_dense = bench(render, args.device, warmup=0, repeats=args.repeats)
-    rows = [{"preset": "dense", "time_s": t_dense, "speedup": 1.0, "psnr_db": None, "rel_l2": 0.0}]
-    print(f"dense: {t_dense:.2f} s ({tokens} tokens, {args.steps} steps with CFG)", flush=True)
-    for preset in args.presets:
-        accel.accelerate(pipe, preset)
-        out = render()  # warm-up (mask build, kernel compile)
-        accel.stats(pipe, reset=True)
-        t = bench(render, args.device, warmup=0, repeats=args.repeats)
-        st = accel.stats(pipe)
-        cfg = accel.accel_config(pipe)
-        accel.disable(pipe)
-        row = {
-            "preset": preset,
-            "time_s": t,
-            "speedup": t_dense / t,
-            "psnr_db": psnr(out, dense),
-            "rel_l2": relative_l2(out, dense),
-            "attention_calls": {k: v for k, v in st.items() if v is not None},
-            "config": repr(cfg),
+    results = []
+    for row in rows:
+        out = {
+            "preset": row["preset"],
+            "time_s": row["time_s"],
+            "speedup": row["speedup"],
+            "psnr_db": finite(row["psnr_db"]),
+            "rel_l2": row["rel_l2"],
+            "denoise_s": row["denoise_s"],
+            "peak_memory_bytes": row["peak_memory_bytes"],
         }
-        rows.append(row)
+        if row["stats"] is not None:
+            out["attention_calls"] = {k: v for k, v in row["stats"].items() if v is not None}
+            out["config"] = row["config"]
+        results.append(out)
+        psnr = "-" if out["psnr_db"] is None else f"{out['psnr_db']:.1f} dB"
         print(
-            f"{preset}: {t:.2f} s  x{row['speedup']:.2f}  PSNR {row['psnr_db']:.1f} dB  rel L2 {row['rel_l2']:.4f}"
-            f"  calls {row['attention_calls']}",
+            f"{out['preset']}: {out['time_s']:.2f} s  x{out['speedup']:.2f}  PSNR {psnr}  rel L2 {out['rel_l2']:.4f}"
+            + (f"  calls {out['attention_calls']}" if "attention_calls" in out else ""),
             flush=True,
         )
 
-    env = environment(args.device)
+    env = environment(request.device)
     config = {k: getattr(args, k) for k in ("frames", "height", "width", "steps", "layers", "heads", "head_dim")}
-    config.update(tokens=tokens, dtype=str(dtype), guidance="CFG (2 forwards per step)")
+    config.update(tokens=tokens, dtype=str(request.dtype), guidance="CFG (2 forwards per step)")
     md = [
         f"# Pipeline benchmark on {env['device']}",
         "",
         f"Tiny random Wan ({args.layers} layers, {args.heads} heads x {args.head_dim}), {args.frames} frames "
-        f"{args.height}x{args.width} = {tokens} tokens per self-attention, {args.steps} steps with CFG, {dtype}. "
-        "Quality: output latents against the dense run (random weights: this measures how far the approximation "
-        "moves the computation, not visual quality).",
+        f"{args.height}x{args.width} = {tokens} tokens per self-attention, {args.steps} steps with CFG, "
+        f"{request.dtype}. Median of {args.repeats} timed run(s) after one warm-up. Quality: output latents against "
+        "the dense run (random weights: this measures how far the approximation moves the computation, not visual "
+        "quality).",
         "",
         "| preset | time s | speed-up | latent PSNR dB | rel. L2 | sparse / dense attention calls | mean density |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in results:
         calls = r.get("attention_calls", {})
         quality = "-" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
         md.append(
@@ -106,7 +121,7 @@ def main() -> None:
             f"{calls.get('mean_sparse_density') or '-'} |"
         )
     write_results(
-        "pipeline", args.device, args.tag, {"environment": env, "config": config, "rows": rows}, "\n".join(md) + "\n"
+        "pipeline", args.device, args.tag, {"environment": env, "config": config, "rows": results}, "\n".join(md) + "\n"
     )
 
 

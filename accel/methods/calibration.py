@@ -223,7 +223,7 @@ def calibrate(
     ``prompts``: prompt strings, or dicts of pipeline call arguments (e.g. ``prompt_embeds``). ``call_kwargs`` go to
     every pipeline call and fix what the plan is keyed by: ``height``, ``width``, ``num_frames`` and
     ``num_inference_steps`` (``output_type`` defaults to ``"latent"``: decoding is not needed). ``path``: where to
-    save (default: the plan directory, see :func:`accel.sparse_vdit.plan_dir`, under a name the preset finds by
+    save (default: the plan directory, see :func:`accel.methods.sparse_vdit.plan_dir`, under a name the preset finds by
     itself). ``tolerance``: the largest relative L2 error of a head's output a pattern may have. ``step_buckets``:
     choose patterns separately for this many ranges of the sparse steps. ``cost_model``: ``"flops"`` or
     ``"measured"``. ``widths``: band half-widths in blocks to try (default: powers of two). ``stripe_blocks``: key

@@ -9,17 +9,17 @@ import imageio.v3 as iio
 import pytest
 
 from accel.cli import main
-from accel.models import TINY_RANDOM_WAN_CONFIG, resolve_model
+from accel.cli.models import TINY_RANDOM_WAN_CONFIG, resolve_model
 
 from .conftest import TINY, listing
 
 
 @pytest.fixture(scope="module")
 def wan_folder(tmp_path_factory):
-    from accel.testing import tiny_wan_pipeline
+    from accel.testing import tiny_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-wan-folder")
-    tiny_wan_pipeline(**TINY_RANDOM_WAN_CONFIG).save_pretrained(folder)
+    tiny_pipeline("wan", **TINY_RANDOM_WAN_CONFIG).save_pretrained(folder)
     return folder
 
 

@@ -8,8 +8,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from accel import cli_output
-from accel.cli_output import OutputError, check_writable, numbered, parse_output, write_output
+from accel.cli import output as cli_output
+from accel.cli.output import OutputError, check_writable, numbered, parse_output, write_output
 
 from .conftest import listing
 
@@ -110,3 +110,18 @@ def test_unwritable_folder(tmp_path):
     (tmp_path / "b.mp4").mkdir()
     with pytest.raises(OutputError, match="a folder of that name exists"):
         check_writable(cli_output.OutputTarget(tmp_path / "b.mp4", "mp4"))
+
+
+def test_failed_write_of_numbered_frames_removes_the_folder_it_made(tmp_path, monkeypatch):
+    """Several prompts write frames/000/, frames/001/: a failure in the first leaves no empty frames/ behind."""
+    from PIL import Image
+
+    def save(self, fp, *args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the frames
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    target = numbered(parse_output(str(tmp_path / "frames") + "/", is_video=True, frames=5), 0, 2)
+    with pytest.raises(KeyboardInterrupt):
+        write_output(target, _frames(), fps=10)
+    assert listing(tmp_path) == []
+    assert cli_output._PARTIAL == set()

@@ -5,7 +5,8 @@ Formats: ``.mp4`` (H.264 through imageio-ffmpeg), ``.gif`` and ``.webp`` (animat
 existing folder: ``frame_0000.png`` ...) or after a printf pattern (``frames/f_%04d.png``).
 
 Every file is written under a hidden temporary name in the target folder and renamed into place when complete, so a
-failure or Ctrl-C never leaves a half-written output; the temporaries are removed on error.
+failure or Ctrl-C never leaves a half-written output; the temporaries are removed on error, and
+:func:`remove_partials` removes those still in flight when the process must exit at once (a second Ctrl-C).
 """
 
 from __future__ import annotations
@@ -20,13 +21,31 @@ from pathlib import Path
 
 import numpy as np
 
+from accel.errors import AccelError
+
 VIDEO_EXTS = (".mp4", ".gif", ".webp")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 _PATTERN = re.compile(r"%0?\d*d")
 
 
-class OutputError(Exception):
-    """An output path that cannot be used; the message says what to fix."""
+class OutputError(AccelError):
+    """An output path that cannot be used; the message says what to fix (a usage error: exit status 2)."""
+
+    usage = True
+
+
+# Temporary files and staging folders being written right now (removed by remove_partials on a hard exit).
+_PARTIAL: set[Path] = set()
+
+
+def remove_partials() -> None:
+    """Remove every temporary file or staging folder still being written (for an exit that skips ``finally``)."""
+    for path in list(_PARTIAL):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        _PARTIAL.discard(path)
 
 
 @dataclass(frozen=True)
@@ -190,12 +209,15 @@ def write_atomic(path: Path, write) -> None:
     """``write(tmp)`` to a hidden temporary name beside ``path``, then rename it into place; on any failure the
     temporary file is removed, so nothing half-written is left."""
     tmp = _temp_name(path)
+    _PARTIAL.add(tmp)
     try:
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _PARTIAL.discard(tmp)
 
 
 def write_output(target: OutputTarget, frames: np.ndarray, fps: float) -> list[Path]:
@@ -216,18 +238,23 @@ def _frame_names(target: OutputTarget, count: int) -> list[str]:
 
 
 def _write_frames(target: OutputTarget, frames: np.ndarray) -> list[Path]:
+    created = None  # a folder made here for this write, removed again if the write fails
     if target.kind == "frames_dir":
         dest = target.path
-        if target.create_parent:
-            dest.parent.mkdir(exist_ok=True)  # several prompts: frames/ holds frames/000/, frames/001/, ...
+        if target.create_parent and not dest.parent.exists():
+            dest.parent.mkdir()  # several prompts: frames/ holds frames/000/, frames/001/, ...
+            created = dest.parent
+            _PARTIAL.add(created)
         staging_parent = dest.parent
     else:
         dest = target.path.parent
         staging_parent = dest
     names = _frame_names(target, len(frames))
     staging = staging_parent / f".{dest.name or 'frames'}.{secrets.token_hex(4)}.partial"
-    staging.mkdir()  # (not mkdtemp: its 0700 mode would stick to a folder renamed into place)
+    staged = staging
     try:
+        staging.mkdir()  # (not mkdtemp: its 0700 mode would stick to a folder renamed into place)
+        _PARTIAL.add(staged)
         for name, frame in zip(names, frames, strict=True):
             _save_image(frame, staging / name)
         if target.kind == "frames_dir" and not dest.exists():
@@ -237,7 +264,13 @@ def _write_frames(target: OutputTarget, frames: np.ndarray) -> list[Path]:
             dest.mkdir(exist_ok=True)
             for name in names:
                 os.replace(staging / name, dest / name)
+        created = None  # complete: the folder stays
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        _PARTIAL.discard(staged)
+        if created is not None:  # the write failed: the folder made for it goes too
+            shutil.rmtree(created, ignore_errors=True)
+        if target.create_parent:
+            _PARTIAL.discard(dest.parent)
     return [dest / n for n in names]
