@@ -67,10 +67,17 @@ def main() -> None:
     accel.disable(pipe)
 
     cfg_line = f"decay {0.2}, dense steps {round(0.24 * args.steps)}/{args.steps}, dense layers 1"
+    density = s["mean_sparse_density"]
     print(
-        f"radial preset ({cfg_line}); mean mask density {s['mean_sparse_density']:.3f}, "
-        f"{s.get('sparse', 0)} sparse / {s.get('dense', 0)} dense attention calls"
+        f"radial preset ({cfg_line}); "
+        + (f"mean mask density {density:.3f}, " if density is not None else "")
+        + f"{s.get('sparse', 0)} sparse / {s.get('dense', 0)} dense attention calls"
     )
+    if s.get("dense:not_faster"):
+        print(
+            f"{s['dense:not_faster']} calls kept dense attention: at this size the mask is too dense for sparsity to "
+            "pay on this backend (try more frames, e.g. --frames 81 --height 480)"
+        )
     print(f"dense  : {t_dense:7.2f} s")
     print(f"radial : {t_radial:7.2f} s   speed-up x{t_dense / t_radial:.2f}")
     print(f"quality: latent PSNR {psnr(radial, dense):.1f} dB, relative L2 {relative_l2(radial, dense):.4f}")
