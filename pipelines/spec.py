@@ -44,7 +44,8 @@ class ModelSpec:
       so 4k+1 frames); 1 allows any count.
     - ``default_fps``: frame rate of the model's published videos (Wan: 16); ``None`` when unknown.
 
-    Also per family: ``example_repos`` (Hub checkpoints known to load, for listings and messages) and
+    Also per family: ``example_repos`` (Hub checkpoints known to load, for listings and messages),
+    ``float32_components`` (pipeline components loaded in float32 whatever the requested dtype) and
     ``tiny_pipeline(**kw)`` (a tiny randomly initialised pipeline built offline from configs, for tests, benchmarks
     and the CLI's embedded model).
     """
@@ -70,6 +71,7 @@ class ModelSpec:
     default_fps: int | None = None
     example_repos: tuple[str, ...] = ()
     tiny_pipeline: Callable[..., Any] | None = None
+    float32_components: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.route not in ("dispatch", "sdpa"):

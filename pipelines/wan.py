@@ -192,6 +192,8 @@ WAN = register_spec(
         frame_multiple=4,  # VAE 4x temporal compression: 4k+1 frames
         default_fps=16,
         example_repos=EXAMPLE_REPOS,
+        # diffusers' Wan docs keep the VAE in float32 (AutoencoderKLWan in half precision degrades the video).
+        float32_components=("vae",),
         tiny_pipeline=tiny_wan_pipeline,
     )
 )

@@ -406,9 +406,8 @@ def load_pipeline(source: ModelSource, dtype):
 
     load_dtype: Any = dtype
     spec = source.spec
-    if spec is not None and spec.name == "wan" and dtype != torch.float32:
-        # diffusers' Wan docs keep the VAE in float32 (AutoencoderKLWan in half precision degrades the video).
-        load_dtype = {"default": dtype, "vae": torch.float32}
+    if spec is not None and spec.float32_components and dtype != torch.float32:
+        load_dtype = {"default": dtype, **dict.fromkeys(spec.float32_components, torch.float32)}
     kwargs: dict[str, Any] = {"dtype": load_dtype}  # (diffusers 0.42 deprecates torch_dtype)
     offline = source.kind == "hub" and (source.offline or _hub_offline_set())
     if offline:

@@ -108,3 +108,15 @@ def test_folder_without_model_index(tmp_path, monkeypatch, capsys):
     (tmp_path / "weights").mkdir()
     assert main(["a cat", "--model", "weights"]) == 2
     assert "not a diffusers pipeline folder" in capsys.readouterr().err
+
+
+def test_loading_in_half_precision_keeps_the_specs_float32_components(wan_folder):
+    import torch
+
+    from accel.cli.models import load_pipeline
+
+    source = resolve_model(str(wan_folder))
+    assert source.spec.float32_components == ("vae",)
+    pipe = load_pipeline(source, torch.bfloat16)
+    assert next(pipe.vae.parameters()).dtype == torch.float32
+    assert pipe.transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16  # (Wan keeps a few modules fp32)
