@@ -123,6 +123,16 @@ def main() -> None:
             f"{r['t_own_dense_s']:.4f} | {r['sparse_over_own_dense']:.3f} | "
             f"{r['target_sparse_over_own_dense']:.3f} | {r['own_dense_tflops']:.3f} | {r['sdpa_tflops']:.3f} |"
         )
+    # Each backend's efficiency against SDPA on this device, as accel.methods.base.EFFICIENCY holds it (the estimate
+    # behind min_speedup: speed-up = efficiency / density): the measured speed-up times the density. The table takes
+    # about the lowest value seen, so that "estimated to pay" is never much slower; a session on a new device
+    # updates it from this line.
+    eff: dict[str, list[float]] = {}
+    for r in rows:
+        eff.setdefault(r["backend"], []).append(r["speed_vs_sdpa"] * r["density"])
+    summary = ", ".join(f"{b} {min(v):.2f}-{max(v):.2f}" for b, v in eff.items())
+    print(f"efficiency vs SDPA (speed-up x density; accel.methods.base.EFFICIENCY): {summary}")
+    md += ["", f"Efficiency vs SDPA (speed-up x density, min-max; `accel.methods.base.EFFICIENCY`): {summary}."]
     write_results(
         "attention", args.device, args.tag, {"environment": env, "config": config, "rows": rows}, "\n".join(md) + "\n"
     )
