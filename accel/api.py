@@ -49,7 +49,7 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
     Keyword overrides set fields of the preset's configs, e.g. ``accelerate(pipe, "radial", decay=0.5)``.
     Undo with :func:`disable`.
     """
-    from accel.pipelines import spec_for_transformer, supported_models_text
+    from accel.pipelines import denoisers, spec_for_transformer, supported_models_text
 
     from . import ownership
     from .hosts import diffusers as host
@@ -59,7 +59,7 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
         raise StateError(
             "this pipeline is already accelerated; call accel.disable(pipe) before applying another preset"
         )
-    transformers = _transformers(pipe)
+    transformers = denoisers(pipe)
     if not transformers:
         raise UnsupportedModelError(
             f"{type(pipe).__name__} has no transformer (pipe.transformer / pipe.transformer_2); "
@@ -140,15 +140,6 @@ def _install(pipe, installed: _Installed, transformers, specs, attn_cfg, cache_c
         installed.transformers.append(transformer)
         _ON_TRANSFORMER.setdefault(transformer, []).append(installed)
         host.install_transformer(installed, name, transformer, spec, pipe, method, hooks, full_step)
-
-
-def _transformers(pipe):
-    """``(attribute, module)`` of every denoiser the pipeline holds, under the attributes the specs name."""
-    from accel.pipelines import supported_specs
-
-    attrs = dict.fromkeys(a for s in supported_specs() for a in s.transformer_attrs)
-    found = [(name, getattr(pipe, name, None)) for name in attrs]
-    return [(n, t) for n, t in found if t is not None]
 
 
 def _check_sharing(name: str, transformer, new: _Installed) -> None:

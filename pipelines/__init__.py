@@ -7,10 +7,26 @@ one file (and its tests), nothing else.
 import importlib
 import pkgutil
 
-from .spec import ModelSpec, register_spec, spec_for_transformer, supported_models_text, supported_specs
+from .spec import (
+    ModelSpec,
+    denoiser_attrs,
+    denoisers,
+    register_spec,
+    spec_for_transformer,
+    supported_models_text,
+    supported_specs,
+)
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name != "spec":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["ModelSpec", "register_spec", "spec_for_transformer", "supported_models_text", "supported_specs"]
+__all__ = [
+    "ModelSpec",
+    "denoiser_attrs",
+    "denoisers",
+    "register_spec",
+    "spec_for_transformer",
+    "supported_models_text",
+    "supported_specs",
+]

@@ -130,6 +130,18 @@ def modules_matching(transformer: torch.nn.Module, patterns) -> list[tuple[str, 
     return [(n, m) for n, m in transformer.named_modules() if any(p.fullmatch(n) for p in pats)]
 
 
+def denoiser_attrs() -> tuple[str, ...]:
+    """Pipeline attributes that may hold a supported denoiser (``transformer``, Wan 2.2's ``transformer_2``), in
+    the specs' order."""
+    return tuple(dict.fromkeys(a for s in _REGISTRY for a in s.transformer_attrs))
+
+
+def denoisers(pipe) -> list[tuple[str, torch.nn.Module]]:
+    """``(attribute, module)`` of every denoiser ``pipe`` holds under :func:`denoiser_attrs`."""
+    found = [(name, getattr(pipe, name, None)) for name in denoiser_attrs()]
+    return [(n, t) for n, t in found if t is not None]
+
+
 def spec_for_transformer(transformer: torch.nn.Module) -> ModelSpec | None:
     cls = type(transformer).__name__
     for spec in _REGISTRY:

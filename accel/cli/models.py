@@ -132,7 +132,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]$")
-_TRANSFORMER_COMPONENTS = ("transformer", "transformer_2")
 
 
 @dataclass
@@ -200,15 +199,14 @@ class ModelSource:
         if self.embedded is not None:
             with torch.device("meta"):
                 pipe = self.embedded.build()
-            return {n: getattr(pipe, n) for n in _TRANSFORMER_COMPONENTS if getattr(pipe, n, None) is not None}
+            from accel.pipelines import denoisers
+
+            return dict(denoisers(pipe))
         import diffusers
 
         out = {}
-        for component in _TRANSFORMER_COMPONENTS:
-            entry = self.index.get(component)
-            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)):
-                continue
-            cls = getattr(diffusers, entry[1], None)
+        for component, class_name in _index_denoisers(self.index).items():
+            cls = getattr(diffusers, class_name, None)
             config = self._component_config(component)
             if cls is None or config is None:
                 return None
@@ -237,12 +235,20 @@ def _from_index(name: str, kind: str, location: str, index: dict, offline: bool 
     pipeline_class = index.get("_class_name")
     if not isinstance(pipeline_class, str):
         raise ModelError(f"{location}: model_index.json has no '_class_name'; is this a diffusers pipeline?")
-    transformers = []
-    for component in _TRANSFORMER_COMPONENTS:
+    transformers = tuple(_index_denoisers(index).values())
+    return ModelSource(name, kind, location, pipeline_class, transformers, None, index, offline)
+
+
+def _index_denoisers(index: dict) -> dict[str, str]:
+    """Denoiser component -> class name, as ``model_index.json`` lists them (``[library, class]`` entries)."""
+    from accel.pipelines import denoiser_attrs
+
+    out = {}
+    for component in denoiser_attrs():
         entry = index.get(component)
         if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str):
-            transformers.append(entry[1])
-    return ModelSource(name, kind, location, pipeline_class, tuple(transformers), None, index, offline)
+            out[component] = entry[1]
+    return out
 
 
 def _offline_message(repo: str, reason: str) -> str:

@@ -78,17 +78,15 @@ def apply_preset(pipe, preset: str, config, overrides: dict[str, Any]) -> bool:
     return True
 
 
-def _transformers(pipe) -> list[Any]:
-    return [t for t in (getattr(pipe, n, None) for n in ("transformer", "transformer_2")) if t is not None]
-
-
 def sparse_calls_expected(pipe, request: Request, resolved) -> bool:
     """Whether the resolved config can make any sparse attention call on this request (so a kernel may compile)."""
     spec = request.source.spec
     if resolved is None or resolved.attention is None or spec is None:
         return False
     layout = token_grid(spec, request.is_video, request.frames, request.height, request.width)
-    layers = [len(spec.self_attention_layers(t)) for t in _transformers(pipe)]
+    from accel.pipelines import denoisers
+
+    layers = [len(spec.self_attention_layers(t)) for _, t in denoisers(pipe)]
     return not runs_all_dense(resolved.attention, request.steps, layout, min(layers) if layers else None)
 
 
@@ -141,11 +139,11 @@ class StepTimer:
     def __init__(self, pipe, device: str):
         import torch
 
+        from accel.pipelines import denoiser_attrs
+
         self.device = device
         self.modules = [
-            m
-            for m in (getattr(pipe, n, None) for n in ("transformer", "transformer_2", "unet"))
-            if isinstance(m, torch.nn.Module)
+            m for m in (getattr(pipe, n, None) for n in (*denoiser_attrs(), "unet")) if isinstance(m, torch.nn.Module)
         ]
         self.first: float | None = None
         self.step_ends: list[float] = []
