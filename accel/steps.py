@@ -57,8 +57,6 @@ class StepResolver:
         schedule (``num_steps + 1`` entries, the last one the final sigma, as schedulers and ComfyUI keep it)."""
         if step_index is None:
             step_index = _match(timesteps, timestep)
-            if step_index is not None and num_steps is None:
-                num_steps = timesteps.numel()
         if step_index is None:
             step_index = _match(sigmas, sigma)
             if step_index is not None and num_steps is None:

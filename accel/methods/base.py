@@ -80,11 +80,16 @@ def checked_sparse(stats: Stats, run: Callable[[], tuple]):
     try:
         out, density = run()
     except EmptyQueryBlockError as e:
-        stats.add("dense", "empty_query_block")
-        warnings.warn(f"accel: running dense instead: {e}", RuntimeWarning, stacklevel=3)
-        return None
+        return refused(stats, e)
     stats.add("sparse", density=density)
     return out
+
+
+def refused(stats: Stats, error: EmptyQueryBlockError) -> None:
+    """Count and warn about a mask the kernel entry refused (see :func:`checked_sparse`); the call runs dense."""
+    stats.add("dense", "empty_query_block")
+    warnings.warn(f"accel: running dense instead: {error}", RuntimeWarning, stacklevel=4)
+    return None
 
 
 # Efficiency of each sparse backend against the host's own dense attention (SDPA / FlashAttention) on a device type:

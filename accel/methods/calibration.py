@@ -78,10 +78,6 @@ class Calibrator(MethodBase):
 
     def __init__(self, config: CalibrationConfig, models: dict[str, dict]):
         super().__init__(config, models)
-        self.widths = config.widths
-        self.stripe_blocks = config.stripe_blocks
-        self.sample_rows = config.sample_rows
-        self.buckets = config.step_buckets
         self.gen = torch.Generator().manual_seed(config.seed)
         self.acc: dict[tuple[str, int, int], _Acc] = {}  # (transformer, layer, bucket)
         self.column_mass: dict[tuple[str, int], torch.Tensor] = {}  # [H, KB]
@@ -94,11 +90,11 @@ class Calibrator(MethodBase):
         return True
 
     def stripe_count(self, num_blocks: int) -> int:
-        return self.stripe_blocks or max(1, num_blocks // 16)
+        return self.config.stripe_blocks or max(1, num_blocks // 16)
 
     def candidates(self, num_blocks: int, columns: tuple[tuple[int, ...], ...]) -> list[list[HeadPattern]]:
         """Per candidate, the pattern of each head (stripe columns differ per head)."""
-        widths = self.widths or default_widths(num_blocks)
+        widths = self.config.widths or default_widths(num_blocks)
         out = []
         for kind in ("diagonal", "multidiagonal"):
             out += [[HeadPattern(kind, w)] * len(columns) for w in widths]
@@ -108,7 +104,7 @@ class Calibrator(MethodBase):
     def _columns(self, q, k, scale, num_blocks: int, key) -> tuple[tuple[int, ...], ...]:
         """Key blocks with the most softmax mass for sampled query rows, per head (accumulated for the plan)."""
         B, S, H, D = q.shape
-        rows = torch.randperm(S, generator=self.gen)[: self.sample_rows].to(q.device)
+        rows = torch.randperm(S, generator=self.gen)[: self.config.sample_rows].to(q.device)
         logits = torch.einsum("brhd,bshd->bhrs", q[:, rows].float(), k.float()) * scale
         probs = logits.softmax(-1).mean(dim=(0, 2))  # [H, S]
         bs = self.config.block_size
@@ -140,7 +136,7 @@ class Calibrator(MethodBase):
         ).transpose(1, 2)
         ref = dense.float()
         cands = self.candidates(num_blocks, columns)
-        bucket = _bucket_of(self.buckets, step.step_index, step.num_steps, cfg)
+        bucket = _bucket_of(self.config.step_buckets, step.step_index, step.num_steps, cfg)
         acc = self.acc.get((layer.transformer, layer.index, bucket))
         if acc is None:
             acc = self.acc[(layer.transformer, layer.index, bucket)] = _Acc(torch.zeros(len(cands), H), torch.zeros(H))
@@ -295,12 +291,12 @@ def _choose(cal: Calibrator, models, tolerance, cost_model, probe, prompt_names)
         columns = tuple(stripe_columns(mass[h], cal.stripe_count(num_blocks)) for h in range(H))
         cands = cal.candidates(num_blocks, columns)
         per_bucket, err_bucket = [], []
-        for b in range(cal.buckets):
+        for b in range(cal.config.step_buckets):
             acc = cal.acc.get((tname, layer, b))
             if acc is None:  # no call fell in this bucket (short runs): reuse the nearest measured one
                 acc = next(
                     cal.acc[(tname, layer, o)]
-                    for o in sorted(range(cal.buckets), key=lambda o: abs(o - b))
+                    for o in sorted(range(cal.config.step_buckets), key=lambda o: abs(o - b))
                     if (tname, layer, o) in cal.acc
                 )
             head_energy = acc.norm.sum().clamp_min(1e-30) / H  # mean squared norm of one head's output
@@ -342,7 +338,8 @@ def _choose(cal: Calibrator, models, tolerance, cost_model, probe, prompt_names)
         "head_errors": errors,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    return Plan(models, layout, num_steps, cfg.block_size, _bucket_ranges(cal.buckets, num_steps, cfg), patterns, meta)
+    buckets = _bucket_ranges(cal.config.step_buckets, num_steps, cfg)
+    return Plan(models, layout, num_steps, cfg.block_size, buckets, patterns, meta)
 
 
 class LayerSearch:

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from accel.attention_kernels import BlockMask, block_sparse_attention
+from accel.attention_kernels import BlockMask, EmptyQueryBlockError, block_sparse_attention
 from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rettention_mask
 
 from ..config import RettentionConfig, torch_dtype
 from ..state import LayerKey, Stats, StepInfo
 from . import register_method
-from .base import WarmupMethod, checked_sparse, dense_steps, kernel_backend, pays, runs_dense
+from .base import WarmupMethod, checked_sparse, dense_steps, kernel_backend, pays, refused, runs_dense
 
 
 @dataclass
@@ -120,11 +120,14 @@ class RettentionMethod(WarmupMethod):
 
     def _recalibrate(self, q, k, v, mask, key, step, layer, scale, backend, stats):
         cfg = self.config
-        if mask.empty_query_blocks:  # the sparse steps would refuse it: keep this layer dense, nothing to cache
-            return checked_sparse(stats, lambda: block_sparse_attention(q, k, v, mask, require_keys=True))
+        try:  # a mask the sparse steps would refuse: keep this layer dense, nothing to cache
+            sparse, lse_sparse = block_sparse_attention(
+                q, k, v, mask, scale=scale, backend=backend, return_lse=True, require_keys=True
+            )
+        except EmptyQueryBlockError as e:
+            return refused(stats, e)
         full = BlockMask.full(mask.num_q_blocks, mask.num_k_blocks, mask.block_size, device=q.device)
         dense, lse_full = block_sparse_attention(q, k, v, full, scale=scale, backend=backend, return_lse=True)
-        sparse, lse_sparse = block_sparse_attention(q, k, v, mask, scale=scale, backend=backend, return_lse=True)
         rho = mass_ratio(lse_sparse, lse_full)
         residual = None
         if cfg.residual and (cfg.residual_layers is None or layer.index in cfg.residual_layers):
