@@ -83,10 +83,15 @@ class ModelSpec:
         """``(global layer index, module)`` for every self-attention module, over all block lists in order."""
         return [(i, m) for i, (_, m) in enumerate(_in_list_order(transformer, self.self_attention))]
 
-    def token_count(self, frames: int, height: int, width: int) -> int:
-        """Self-attention video tokens for a request in pixels and frames (Wan 81x480x832: 21 x 30 x 52)."""
+    def token_grid(self, frames: int, height: int, width: int) -> TokenLayout:
+        """The self-attention video token grid of a request in pixels and frames, by the size rules (Wan
+        81x480x832: 21 x 30 x 52); an image is one frame."""
         latent_frames = (frames - 1) // self.frame_multiple + 1
-        return latent_frames * (height // self.spatial_multiple) * (width // self.spatial_multiple)
+        return TokenLayout(latent_frames, height // self.spatial_multiple, width // self.spatial_multiple)
+
+    def token_count(self, frames: int, height: int, width: int) -> int:
+        """Self-attention video tokens for a request in pixels and frames."""
+        return self.token_grid(frames, height, width).video_tokens
 
     def architecture_key(self, transformer: torch.nn.Module) -> dict[str, str]:
         """Identifies a transformer's architecture (for calibration plans): spec, class and a hash of its config."""

@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import difflib
 import inspect
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,13 +22,6 @@ from .models import DEFAULT_MODEL, ModelSource, resolve_model
 from .parser import DTYPES
 
 FALLBACK_FPS = 16
-
-
-def dense_steps(fraction: float, num_steps: int | None) -> int:
-    """Leading dense steps of a method's warm-up (the methods' own rule)."""
-    from accel.methods.base import dense_steps as rule
-
-    return rule(fraction, num_steps)
 
 
 # ------------------------------------------------------------------------------------------------------- request
@@ -324,10 +316,7 @@ def token_grid(spec, is_video: bool, frames: int | None, height: int | None, wid
         return None
     if is_video and frames is None:
         return None
-    from accel.attention_kernels import TokenLayout
-
-    latent_frames = (frames - 1) // spec.frame_multiple + 1 if is_video else 1
-    return TokenLayout(latent_frames, height // spec.spatial_multiple, width // spec.spatial_multiple)
+    return spec.token_grid(frames if is_video else 1, height, width)
 
 
 def grid_text(layout, steps: int | None) -> str:
@@ -335,20 +324,13 @@ def grid_text(layout, steps: int | None) -> str:
 
 
 def runs_all_dense(attention, steps: int | None, layout, num_layers: int | None) -> bool:
-    """True when a resolved attention config makes no sparse call at all for this request, by the rules every
-    method shares: every step in the dense warm-up, every layer dense, or a sequence too short for the minimum
-    block count. (A method may still keep a call dense for its own reasons: a mask too dense to pay.)"""
+    """True when a resolved attention config (or None) makes no sparse call at all for this request: the methods'
+    own rules (:func:`accel.methods.base.never_sparse`)."""
     if attention is None:
         return True
-    fraction, dense_layers = getattr(attention, "dense_step_fraction", None), getattr(attention, "dense_layers", None)
-    block_size, min_blocks = getattr(attention, "block_size", None), getattr(attention, "min_blocks", None)
-    if steps is not None and fraction is not None and dense_steps(fraction, steps) >= steps:
-        return True
-    if num_layers is not None and dense_layers is not None and dense_layers >= num_layers:
-        return True
-    if layout is not None and block_size and min_blocks and math.ceil(layout.num_tokens / block_size) < min_blocks:
-        return True
-    return False
+    from accel.methods.base import never_sparse
+
+    return never_sparse(attention, steps, layout, num_layers)
 
 
 # ------------------------------------------------------------------------------------------- calibration plans

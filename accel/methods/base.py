@@ -55,10 +55,26 @@ def runs_dense(cfg, step: StepInfo, layer: LayerKey, stats: Stats) -> bool:
     if step.step_index < dense_steps(cfg.dense_step_fraction, step.num_steps):
         stats.add("dense", "warmup_steps")
         return True
-    if math.ceil(step.layout.num_tokens / cfg.block_size) < cfg.min_blocks:
+    if too_short(cfg, step.layout):
         stats.add("dense", "short_sequence")
         return True
     return False
+
+
+def too_short(cfg, layout) -> bool:
+    """A sequence of fewer than ``cfg.min_blocks`` blocks always keeps dense attention."""
+    return math.ceil(layout.num_tokens / cfg.block_size) < cfg.min_blocks
+
+
+def never_sparse(cfg, num_steps: int | None, layout, num_layers: int | None) -> bool:
+    """True when the rules of :func:`runs_dense` keep every call of a whole request dense (every step in the warm-up,
+    every layer dense, or a sequence too short); None arguments are unknown and never decide. A method may still
+    keep calls dense for its own reasons (a mask too dense to pay)."""
+    if num_steps is not None and dense_steps(cfg.dense_step_fraction, num_steps) >= num_steps:
+        return True
+    if num_layers is not None and cfg.dense_layers >= num_layers:
+        return True
+    return layout is not None and too_short(cfg, layout)
 
 
 def kernel_backend(backend: str, q) -> str:

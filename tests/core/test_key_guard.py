@@ -30,3 +30,14 @@ def test_a_mask_without_keys_for_real_queries_runs_dense(config, monkeypatch):
         assert method.attend(q, k, v, STEP, LAYER, None, stats) is None
     assert dict(stats.counts) == {"dense": 1, "dense:empty_query_block": 1}
     assert method.memory().get("rettention_bytes", 0) == 0  # nothing cached from a refused recalibration
+
+
+def test_never_sparse_is_runs_dense_over_a_whole_request():
+    from accel.methods.base import never_sparse
+
+    cfg = RadialConfig(block_size=16, dense_step_fraction=0.5, dense_layers=1).with_defaults({})
+    assert not never_sparse(cfg, 10, LAYOUT, 2)
+    assert never_sparse(cfg, 1, LAYOUT, 2)  # round(0.5 * 1) = 1 dense step of 1
+    assert never_sparse(cfg, 10, LAYOUT, 1)  # the only layer is a dense first layer
+    assert never_sparse(cfg, 10, TokenLayout(1, 4, 4), 2)  # 16 tokens: 1 block < min_blocks 4
+    assert not never_sparse(cfg, None, None, None)  # nothing known decides nothing
