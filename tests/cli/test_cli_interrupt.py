@@ -25,7 +25,6 @@ import sys, time
 import accel.cli.render as render
 
 def long_compile(pipe, request, prompt, **kwargs):
-    print("compiling", flush=True)
 {body}
 
 render.load = lambda request, quiet=False: object()  # the dense preset: nothing is applied to it
@@ -35,16 +34,22 @@ from accel.cli import main
 sys.exit(main())
 """
 INTERRUPTIBLE = """
+    print("compiling", flush=True)
     while True:
         time.sleep(0.05)
 """
-# A compile that catches the first KeyboardInterrupt and carries on (as worker pools and retry loops do).
+# A compile that catches the first KeyboardInterrupt and carries on (as worker pools and retry loops do). Everything
+# from the "compiling" line on sits inside the try: a KeyboardInterrupt raised between two statements (a loaded
+# machine can deliver it anywhere) is swallowed too, not only one raised inside sleep().
 SWALLOWS_ONE = """
-    while True:
-        try:
+    try:
+        print("compiling", flush=True)
+        while True:
             time.sleep(0.05)
-        except KeyboardInterrupt:
-            print("swallowed", flush=True)
+    except KeyboardInterrupt:
+        print("swallowed", flush=True)
+    while True:
+        time.sleep(0.05)
 """
 
 
