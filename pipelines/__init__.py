@@ -1,7 +1,7 @@
 """Model adapters: one file per model family, each registering its ModelSpec on import.
 
-Every module of this package except ``spec`` is a family file and is imported here, so adding a model means adding
-one file (and its tests), nothing else.
+Every module of this package except ``spec`` and private ``_*`` helpers is a family file and is imported here, so
+adding a model means adding one file (and its tests), nothing else.
 """
 
 import importlib
@@ -18,7 +18,7 @@ from .spec import (
 )
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if _info.name != "spec":
+    if _info.name != "spec" and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [

@@ -47,7 +47,8 @@ class ModelSpec:
     Also per family: ``example_repos`` (Hub checkpoints known to load, for listings and messages),
     ``float32_components`` (pipeline components loaded in float32 whatever the requested dtype) and
     ``tiny_pipeline(**kw)`` (a tiny randomly initialised pipeline built offline from configs, for tests, benchmarks
-    and the CLI's embedded model).
+    and the CLI's embedded model) with ``tiny_call`` (keyword arguments of a short call of it, ``output_type
+    "latent"``, long enough in tokens that sparse calls happen with 16-token blocks: the per-family tests use it).
     """
 
     name: str
@@ -71,6 +72,7 @@ class ModelSpec:
     default_fps: int | None = None
     example_repos: tuple[str, ...] = ()
     tiny_pipeline: Callable[..., Any] | None = None
+    tiny_call: dict[str, Any] = field(default_factory=dict)
     float32_components: tuple[str, ...] = ()
 
     def __post_init__(self):

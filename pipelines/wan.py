@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from accel.attention_kernels import TokenLayout
 
+from ._tiny import TINY_VOCAB, tiny_tokenizer
 from .spec import ModelSpec, register_spec
 
 
@@ -53,20 +54,6 @@ EXAMPLE_REPOS = (
 # ---------------------------------------------------------------------------------------------------------------
 # Tiny test configuration: every code path of a real Wan pipeline (text encoder, tokenizer, transformer, VAE,
 # scheduler, classifier-free guidance) built offline from configs. Random weights: the video it makes is noise.
-
-TINY_VOCAB = 64
-
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{f"w{i}": i for i in range(3, TINY_VOCAB)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
-    )
 
 
 def tiny_wan_transformer(
@@ -195,5 +182,17 @@ WAN = register_spec(
         # diffusers' Wan docs keep the VAE in float32 (AutoencoderKLWan in half precision degrades the video).
         float32_components=("vae",),
         tiny_pipeline=tiny_wan_pipeline,
+        # 64x64 px, 17 frames: 5 latent frames of 4x4 tokens = 80 tokens, 5 blocks of 16.
+        tiny_call=dict(
+            prompt="w3 w4 w5",
+            negative_prompt="w6",
+            num_inference_steps=6,
+            height=64,
+            width=64,
+            num_frames=17,
+            max_sequence_length=16,
+            guidance_scale=5.0,
+            output_type="latent",
+        ),  # fmt: skip
     )
 )
