@@ -3,13 +3,28 @@
 Data flow of one self-attention call: the host knows the current :class:`~accel.state.StepInfo` (resolved once per
 transformer forward, :mod:`accel.steps`) and the current layer's :class:`~accel.state.LayerPlan` (its global
 :class:`~accel.state.LayerKey`, the method and the counters); it hands ``q, k, v [B, S, H, D]`` to :func:`attend`,
-which returns the method's output or ``None``, in which case the host runs its original attention. Every ``None``
-is counted with its reason, here or by the method.
+with the call's key padding if it has any (``key_valid``, bool ``[B|1, S]``, from a key-only attention mask), and
+gets the method's output or ``None``, in which case the host runs its original attention. Every ``None`` is counted
+with its reason, here or by the method.
+
+Joint attention with text (:class:`~accel.attention_kernels.TokenLayout` ``text_pos`` first/last):
+
+- a call may hold fewer text tokens than the forward's layout (Mochi's processor attends each batch item over its
+  valid text only): the layout's ``text_len`` follows the call;
+- padded text keys (HunyuanVideo, Qwen-Image: a ``[B, 1, 1, S]`` key mask) are removed before the method runs:
+  each batch item (or the whole batch, when every item has the same padding) attends over its real tokens only, a
+  layout whose text is the real text, which is exactly what the key mask means. Padded query rows are computed
+  densely against the real keys, as the masked original computes them. Padding inside the video tokens is not
+  expressed: that call keeps the original attention (``fallback:key_padding_in_video``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+
+from accel.attention_kernels import TokenLayout
 
 from .state import LayerPlan, StepInfo
 
@@ -20,14 +35,56 @@ def fallback_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: Ste
         return "no_step_info"
     if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[1] != k.shape[1]:
         return "cross_attention"
-    if q.shape[1] != step.layout.num_tokens:
+    if call_layout(step.layout, q.shape[1]) is None:
         return "layout_mismatch"
-    if step.key_valid is not None and not bool(step.key_valid.all()):
-        # Per-batch padded keys (joint attention with padded text) need masks per batch item: not yet expressed.
-        return "key_padding"
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return "autograd"
     return None
+
+
+def call_layout(layout: TokenLayout, seq_len: int) -> TokenLayout | None:
+    """The layout of a call of ``seq_len`` tokens in a forward of ``layout``: the same, or with fewer text tokens
+    (the video grid never changes); None when the call does not fit."""
+    if seq_len == layout.num_tokens:
+        return layout
+    text = seq_len - layout.video_tokens
+    if layout.text_pos == "none" or not 0 <= text < layout.text_len:
+        return None
+    return dataclasses.replace(layout, text_len=text) if text else layout.video_only()
+
+
+def key_padding(step: StepInfo, key_valid: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    """The call's real keys, bool ``[B, S]`` (the forward's ``step.key_valid`` and the call's mask together), or None
+    when every key is real."""
+    masks = [m for m in (step.key_valid, key_valid) if m is not None and m.shape[-1] == shape[1]]
+    if not masks:
+        return None
+    valid = masks[0] if len(masks) == 1 else masks[0] & masks[1]
+    if bool(valid.all()):  # one host sync per call that carries a mask
+        return None
+    return valid.to(torch.bool).expand(shape[0], shape[1])
+
+
+def key_mask(attn_mask: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor | None:
+    """An SDPA-style attention mask that only says which keys exist, as bool ``[B|1, S]``; None for any other mask.
+
+    Understood: bool (True = attend) or additive float (0 = attend, <= -1e4 or -inf = masked) masks shaped
+    ``[B|1, 1, 1, S]``, ``[B|1, 1, S]`` or ``[B|1, S]`` (one row for every query and head: HunyuanVideo and
+    Qwen-Image's padded-text masks). Masks that differ per query or head, or add other biases, are not.
+    """
+    if attn_mask.shape[-1] != seq_len or attn_mask.dim() not in (2, 3, 4) or attn_mask.shape[0] not in (1, batch):
+        return None
+    if any(d != 1 for d in attn_mask.shape[1:-1]):
+        return None
+    row = attn_mask.reshape(attn_mask.shape[0], seq_len)
+    if row.dtype == torch.bool:
+        return row
+    if not row.is_floating_point():
+        return None
+    valid = row == 0
+    if not bool((valid | (row <= -1e4)).all()):  # a bias that is neither 0 nor masked: not a key mask
+        return None
+    return valid
 
 
 def attend(
@@ -38,16 +95,51 @@ def attend(
     layer: LayerPlan | None,
     *,
     scale: float | None = None,
+    key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Accelerated self-attention ``[B, S, H, D]`` -> ``[B, S, H, D]`` for ``layer`` at ``step``, or None.
 
     ``layer`` None means the call is not in an accelerated layer: None, nothing counted. Otherwise a call the core
-    cannot take is counted as ``fallback:<reason>``, and the method counts its own dense decisions.
+    cannot take is counted as ``fallback:<reason>``, and the method counts its own dense decisions (once per batch
+    group when padded keys split the batch).
     """
     if layer is None:
         return None
+    ordinal = layer.next_call()
     reason = fallback_reason(q, k, v, step)
     if reason is not None:
         layer.stats.add("fallback", reason)
         return None
-    return layer.method.attend(q, k, v, step, layer.layer, scale, layer.stats)
+    valid = key_padding(step, key_valid, q.shape)
+    step = dataclasses.replace(step, layout=call_layout(step.layout, q.shape[1]), key_valid=None, call=(ordinal,))
+    if valid is None:
+        return layer.method.attend(q, k, v, step, layer.layer, scale, layer.stats)
+    if not bool(valid[:, step.layout.video_slice].all()):
+        layer.stats.add("fallback", "key_padding_in_video")
+        return None
+    return _attend_real_keys(q, k, v, step, layer, scale, valid)
+
+
+def _attend_real_keys(q, k, v, step: StepInfo, layer: LayerPlan, scale, valid: torch.Tensor):
+    """The method over each batch group's real tokens; padded query rows dense over the same real keys."""
+    same = bool((valid == valid[:1]).all())
+    groups = [slice(None)] if same else [slice(b, b + 1) for b in range(q.shape[0])]
+    out = torch.empty_like(q)
+    for part, rows in enumerate(groups):
+        kv = valid[rows][0]
+        real = kv.nonzero().squeeze(1)
+        text = real.numel() - step.layout.video_tokens
+        layout = dataclasses.replace(step.layout, text_len=text) if text else step.layout.video_only()
+        sub = dataclasses.replace(step, layout=layout, call=(*step.call, part))
+        qr, kr, vr = (t[rows].index_select(1, real) for t in (q, k, v))
+        o = layer.method.attend(qr, kr, vr, sub, layer.layer, scale, layer.stats)
+        if o is None:
+            return None
+        out[rows] = out[rows].index_copy(1, real, o)
+        pad = (~kv).nonzero().squeeze(1)
+        qp = q[rows].index_select(1, pad)
+        op = torch.nn.functional.scaled_dot_product_attention(
+            qp.transpose(1, 2), kr.transpose(1, 2), vr.transpose(1, 2), scale=scale
+        )
+        out[rows] = out[rows].index_copy(1, pad, op.transpose(1, 2).to(q.dtype))
+    return out

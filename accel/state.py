@@ -35,6 +35,9 @@ class StepInfo:
     what the attention method requires, such as its dense warm-up and Re-ttention's recalibration steps).
     ``key_valid``: bool ``[B, S]`` marking real keys per batch item (padded text in joint attention), or None when
     every key is real.
+    ``call``: inside one attention call (set by :func:`accel.core.attend`), which call of its layer's forward this is
+    (``(ordinal,)``; Mochi's processor makes one call per batch item) and, when the core splits a batch by its key
+    padding, the batch group (``(ordinal, group)``); per-call state (Re-ttention) is keyed by it.
     """
 
     step_index: int
@@ -46,6 +49,7 @@ class StepInfo:
     transformer: str = "transformer"
     full: bool = True
     key_valid: torch.Tensor | None = None
+    call: tuple[int, ...] = ()
 
     def position(self, distance: str = "sigma") -> float:
         """Where this step sits on the denoising axis, for finite differences: sigma, timestep or step index."""
@@ -58,11 +62,22 @@ class StepInfo:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """The attention method serving one self-attention module."""
+    """The attention method serving one self-attention module; ``calls`` counts the attention calls of the
+    module's current forward (hosts hand :meth:`for_forward` copies to each forward)."""
 
     layer: LayerKey
     method: Any  # an accel.methods.AttentionMethod
     stats: Stats
+    calls: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
+
+    def for_forward(self) -> LayerPlan:
+        """This plan with its call count at zero, for one forward of the module."""
+        return LayerPlan(self.layer, self.method, self.stats)
+
+    def next_call(self) -> int:
+        """The ordinal of a new attention call in this forward."""
+        self.calls[0] += 1
+        return self.calls[0] - 1
 
 
 @dataclass

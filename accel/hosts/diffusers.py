@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..core import attend
+from ..core import attend, key_mask
 from ..state import CURRENT_LAYER, CURRENT_STEP, LayerKey, LayerPlan
 from ..steps import StepResolver
 from . import diffusers_internals as di
@@ -102,7 +102,7 @@ class LayerHook(di.ModelHook):
     def new_forward(self, module, *args, **kwargs):
         if not self.active():
             return self.fn_ref.original_forward(*args, **kwargs)
-        token = CURRENT_LAYER.set(self.plan)
+        token = CURRENT_LAYER.set(self.plan.for_forward())
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:
@@ -132,15 +132,25 @@ def _dispatch_reason(args, kwargs) -> str | None:
         # Context parallelism hands each rank a shard of the sequence: a mask built for the full grid would be
         # wrong there. Until sparse attention composes with the CP templates, use the original attention.
         return "context_parallel"
-    return _mask_reason(kwargs) or (None if not kwargs.get("attention_kwargs") else "attention_kwargs")
+    return _flags_reason(kwargs) or (None if not kwargs.get("attention_kwargs") else "attention_kwargs")
 
 
-def _mask_reason(kwargs) -> str | None:
-    if kwargs.get("attn_mask") is not None:
-        return "attn_mask"
+def _flags_reason(kwargs) -> str | None:
     if kwargs.get("dropout_p", 0.0) or kwargs.get("is_causal", False) or kwargs.get("enable_gqa", False):
         return "dropout_causal_or_gqa"
     return None
+
+
+def _routed(layer, q, k, v, attn_mask, scale):
+    """``accel.core.attend`` on ``[B, S, H, D]`` tensors, with a key-only ``attn_mask`` as key padding; None (counted)
+    when the call keeps the original attention."""
+    key_valid = None
+    if attn_mask is not None:
+        key_valid = key_mask(attn_mask, q.shape[0], k.shape[1]) if q.dim() == 4 else None
+        if key_valid is None:
+            layer.stats.add("fallback", "attn_mask")
+            return None
+    return attend(q, k, v, CURRENT_STEP.get(), layer, scale=scale, key_valid=key_valid)
 
 
 def route_dispatch(original, *args, **kwargs):
@@ -153,7 +163,7 @@ def route_dispatch(original, *args, **kwargs):
         layer.stats.add("fallback", reason)
         return original(*args, **kwargs)
     q, k, v = args
-    out = attend(q, k, v, CURRENT_STEP.get(), layer, scale=kwargs.get("scale"))
+    out = _routed(layer, q, k, v, kwargs.get("attn_mask"), kwargs.get("scale"))
     return original(*args, **kwargs) if out is None else out
 
 
@@ -169,16 +179,15 @@ def route_sdpa(original, *args, **kwargs):
         layer.stats.add("fallback", "call_signature")
         return original(*args, **kwargs)
     named = {**dict(zip(_SDPA_ARGS, args, strict=False)), **kwargs}
-    reason = _mask_reason(named)
+    reason = _flags_reason(named)
+    q, k, v = (named[n] for n in ("query", "key", "value"))
+    if reason is None and q.dim() != 4:
+        reason = "call_signature"
     if reason is not None:
         layer.stats.add("fallback", reason)
         return original(*args, **kwargs)
-    q, k, v = (named[n] for n in ("query", "key", "value"))
-    if q.dim() != 4:
-        layer.stats.add("fallback", "call_signature")
-        return original(*args, **kwargs)
-    out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), CURRENT_STEP.get(), layer,
-                 scale=named.get("scale"))  # fmt: skip
+    out = _routed(layer, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), named.get("attn_mask"),
+                  named.get("scale"))  # fmt: skip
     return original(*args, **kwargs) if out is None else out.transpose(1, 2)
 
 

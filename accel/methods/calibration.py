@@ -32,7 +32,7 @@ from ..config import COST_MODELS, AccelConfig, SparseVDiTConfig
 from ..state import LayerKey, Stats, StepInfo
 from . import register_method
 from .base import MethodBase, dense_steps, kernel_backend, runs_dense
-from .sparse_vdit import Plan, plan_dir, plan_filename
+from .sparse_vdit import Plan, plan_dir, plan_filename, plan_grid
 
 # Relative cost of one kept block per pattern (flops cost model): permutation and irregular column access cost extra.
 EFFICIENCY = {"full": 1.0, "diagonal": 1.0, "stripe": 1.1, "multidiagonal": 1.15, "skip": 0.0}
@@ -110,7 +110,11 @@ class Calibrator(MethodBase):
         bs = self.config.block_size
         padded = torch.nn.functional.pad(probs, (0, num_blocks * bs - S))
         mass = padded.view(H, num_blocks, bs).sum(-1).cpu()
-        self.column_mass[key] = self.column_mass.get(key, 0) + mass
+        before = self.column_mass.get(key)
+        # Prompts with different real text lengths give different block counts (text first shifts the video): the
+        # plan's stripes come from the calls of the first length seen.
+        if before is None or before.shape == mass.shape:
+            self.column_mass[key] = mass if before is None else before + mass
         return tuple(stripe_columns(mass[h], self.stripe_count(num_blocks)) for h in range(H))
 
     def attend(self, q, k, v, step: StepInfo, layer: LayerKey, scale, stats: Stats):
@@ -119,7 +123,7 @@ class Calibrator(MethodBase):
             return None
         if self.layout is None:
             self.layout, self.num_steps = step.layout, step.num_steps
-        elif (step.layout, step.num_steps) != (self.layout, self.num_steps):
+        elif (plan_grid(step.layout), step.num_steps) != (plan_grid(self.layout), self.num_steps):
             raise ValueError(
                 "calibrate() saw calls with different token grids or step counts; calibrate one resolution, frame "
                 "count and step count at a time"

@@ -1,4 +1,4 @@
-"""Re-ttention planner: very sparse static mask, softmax-mass reshape and residual cached per (layer, branch).
+"""Re-ttention planner: very sparse static mask, softmax-mass reshape and residual cached per (layer, branch, call).
 
 Schedule (Re-ttention's, scaled to the step count): steps before ``dense_steps`` run dense; from then on every
 ``interval``-th step is a recalibration step (dense and sparse both run; ``rho`` and the residual are refreshed and
@@ -26,7 +26,7 @@ from .base import WarmupMethod, checked_sparse, dense_steps, kernel_backend, pay
 
 @dataclass
 class _RowState:
-    """Cached at the last recalibration of one (transformer, layer, branch)."""
+    """Cached at the last recalibration of one (transformer, layer, branch, call of the layer)."""
 
     step_index: int  # last step this state served
     rho: torch.Tensor  # [B, H, S] fp32: share of softmax mass inside the mask
@@ -88,7 +88,7 @@ class RettentionMethod(WarmupMethod):
         cfg = self.config
         if runs_dense(cfg, step, layer, stats):
             return None
-        key = (layer, step.branch)
+        key = (layer, step.branch, step.call)
         state = self.states.get(key)
         shape = (q.shape[0], q.shape[2], q.shape[1])
         if state is not None and (state.step_index >= step.step_index or tuple(state.rho.shape) != shape):

@@ -41,13 +41,19 @@ def _layout_json(layout: TokenLayout) -> dict[str, Any]:
 
 
 def _describe(layout: TokenLayout, num_steps: int | None) -> str:
-    text = f" + {layout.text_len} text" if layout.text_len else ""
+    text = f" + text {layout.text_pos}" if layout.text_len else ""
     return f"{layout.frames}x{layout.height}x{layout.width} latent tokens{text}, {num_steps} steps"
+
+
+def plan_grid(layout: TokenLayout) -> tuple:
+    """What a plan is keyed by: the video grid and where text sits, not the text length (padded text is removed
+    per prompt, :mod:`accel.core`; text rows and columns stay dense in every pattern)."""
+    return (layout.frames, layout.height, layout.width, layout.text_pos if layout.text_len else "none")
 
 
 def plan_filename(models: dict[str, dict], layout: TokenLayout, num_steps: int) -> str:
     first = models[sorted(models)[0]]
-    text = f"-text{layout.text_len}{layout.text_pos}" if layout.text_len else ""
+    text = f"-text{layout.text_pos}" if layout.text_len else ""
     grid = f"{layout.frames}x{layout.height}x{layout.width}{text}"
     return f"{first['spec']}-{first['config_sha1']}-{grid}-{num_steps}steps.json"
 
@@ -99,7 +105,7 @@ class Plan:
         """Raise a ValueError saying what differs and how to get a matching plan."""
         self.check_models(models, source)
         how = f"run {CALIBRATE_HOW} at this resolution, frame count and step count"
-        if layout != self.layout or (num_steps is not None and num_steps != self.num_steps):
+        if plan_grid(layout) != plan_grid(self.layout) or (num_steps is not None and num_steps != self.num_steps):
             raise PlanError(
                 f"Sparse-vDiT plan {source} was calibrated for {_describe(self.layout, self.num_steps)}, but this "
                 f"call has {_describe(layout, num_steps)}; {how}"
@@ -180,7 +186,7 @@ class SparseVDiTMethod(WarmupMethod):
         if self._explicit is not None:
             self._explicit.check(self.models, step.layout, step.num_steps, repr(self.config.plan))
             return self._explicit
-        key = (step.layout, step.num_steps)
+        key = (plan_grid(step.layout), step.num_steps)
         if key not in self._found:
             if step.num_steps is None:
                 raise PlanError(

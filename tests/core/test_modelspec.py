@@ -52,7 +52,7 @@ def test_spec_fields_are_checked():
 
 @pytest.mark.parametrize("spec", supported_specs(), ids=lambda s: s.name)
 def test_every_family_ships_a_tiny_pipeline_whose_layout_matches_its_spec(spec):
-    from tests.helpers import run
+    from tests.models.harness import call
 
     pipe = spec.tiny_pipeline()
     seen = []
@@ -61,7 +61,7 @@ def test_every_family_ships_a_tiny_pipeline_whose_layout_matches_its_spec(spec):
         lambda m, a, kw: seen.append(spec.layout_from_inputs(m, a, kw)), with_kwargs=True
     )
     try:
-        run(pipe, num_inference_steps=1)
+        call(pipe, spec, num_inference_steps=1)
     finally:
         handle.remove()
     assert seen and all(lay.text_pos == spec.text_pos for lay in seen)

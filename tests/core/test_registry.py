@@ -52,12 +52,12 @@ def test_core_attend_counts_what_it_refuses():
     assert attend(q, q, q, None, plan) is None
     assert attend(q, q[:, :4], q[:, :4], step, plan) is None
     padded = dataclasses.replace(step, key_valid=torch.arange(8).expand(2, 8) < 6)
-    assert attend(q, q, q, padded, plan) is None
+    assert attend(q, q, q, padded, plan) is None  # padding among video tokens: not expressed
     assert attend(q, q, q, dataclasses.replace(step, key_valid=torch.ones(2, 8, dtype=torch.bool)), plan) is q
     assert dict(stats.counts) == {
         "fallback": 3,
         "fallback:no_step_info": 1,
         "fallback:cross_attention": 1,
-        "fallback:key_padding": 1,
+        "fallback:key_padding_in_video": 1,
         "sparse": 1,
     }
