@@ -7,7 +7,7 @@
 ``import accel`` stays light: no triton, no diffusers model modules, no CUDA initialisation.
 """
 
-from .api import accel_config, accelerate, attention_method, disable, is_accelerated, stats
+from .api import accel_config, accelerate, attention_method, disable, is_accelerated, stats, supported_presets
 from .config import (
     AccelConfig,
     DraftConfig,
@@ -46,4 +46,5 @@ __all__ = [
     "list_presets",
     "running",
     "stats",
+    "supported_presets",
 ]

@@ -84,6 +84,13 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
         None if config.attention is None else config.attention.with_defaults(defaults.get(config.attention.method, {}))
     )
     cache_cfg = None if config.cache is None else config.cache.with_defaults(defaults.get(config.cache.method, {}))
+    if attn_cfg is not None:
+        from .methods import method_class
+
+        for spec in dict.fromkeys(specs):
+            reason = method_class(attn_cfg).unsupported(spec)
+            if reason is not None:
+                raise UnsupportedModelError(f"preset {config.name!r} cannot apply to {spec.name} models: {reason}")
 
     installed = _Installed(
         config=AccelConfig(attention=attn_cfg, cache=cache_cfg),
@@ -107,6 +114,18 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
         raise
     object.__setattr__(pipe, _STATE_ATTR, installed)
     return pipe
+
+
+def supported_presets(spec) -> list[str]:
+    """The single presets (no ``+`` combinations) that apply to models of ``spec``."""
+    from .config import PRESETS
+    from .methods import method_class
+
+    return [
+        name
+        for name, p in PRESETS.items()
+        if p.config.attention is None or method_class(p.config.attention).unsupported(spec) is None
+    ]
 
 
 def _install(pipe, installed: _Installed, transformers, specs, attn_cfg, cache_cfg) -> None:

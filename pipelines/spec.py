@@ -43,6 +43,7 @@ class ModelSpec:
     - ``frame_multiple``: the frame count must be ``frame_multiple * k + 1`` (the VAE's temporal stride; Wan: 4,
       so 4k+1 frames); 1 allows any count.
     - ``default_fps``: frame rate of the model's published videos (Wan: 16); ``None`` when unknown.
+    - ``is_video``: False for image models (one frame: methods built on a temporal axis refuse them).
 
     Also per family: ``example_repos`` (Hub checkpoints known to load, for listings and messages),
     ``float32_components`` (pipeline components loaded in float32 whatever the requested dtype) and
@@ -70,6 +71,7 @@ class ModelSpec:
     spatial_multiple: int = 1
     frame_multiple: int = 1
     default_fps: int | None = None
+    is_video: bool = True
     example_repos: tuple[str, ...] = ()
     tiny_pipeline: Callable[..., Any] | None = None
     tiny_call: dict[str, Any] = field(default_factory=dict)

@@ -29,6 +29,11 @@ class MethodBase:
     def requires_full(self, step_index: int, num_steps: int | None) -> bool:
         return False
 
+    @classmethod
+    def unsupported(cls, spec) -> str | None:
+        """Why this method cannot serve models of ``spec`` (a :class:`~accel.pipelines.ModelSpec`), or None."""
+        return None
+
     def reset(self) -> None:
         pass
 

@@ -17,6 +17,18 @@ class RadialMethod(WarmupMethod):
     name = "radial"
     config: RadialConfig
 
+    @classmethod
+    def unsupported(cls, spec) -> str | None:
+        if not spec.is_video:
+            # Radial's mask is a temporal energy decay: on one frame it is the frame's own dense block. Mapping
+            # image rows onto its frame axis degenerates at 128-token blocks (a +-1 row band, Re-ttention's
+            # mask without its corrections), so it is refused rather than silently dense or silently bad.
+            return (
+                "radial attention decays attention with the distance between video frames, and an image has one "
+                "frame; use draft, sparse-vdit or rettention (or taylorseer) on image models"
+            )
+        return None
+
     def mask_for(self, step: StepInfo, device: torch.device):
         cfg = self.config
         return radial_mask(step.layout, cfg.block_size, cfg.decay, sink=cfg.sink, device=device)

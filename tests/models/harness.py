@@ -54,9 +54,17 @@ def call(pipe, spec, **kw):
     return output(pipe(generator=torch.Generator().manual_seed(0), **{**spec.tiny_call, **kw}))
 
 
-def family_tests(name: str, presets=tuple(SPARSE)):
-    """The shared tests for family ``name`` as module-level names: ``globals().update(family_tests("flux"))``."""
+def family_tests(name: str, presets=None):
+    """The shared tests for family ``name`` as module-level names: ``globals().update(family_tests("flux"))``.
+
+    ``presets``: those to run (default: every preset of :data:`SPARSE` the family supports); the others must be
+    refused at ``accelerate`` time with a clear error.
+    """
     spec = spec_named(name)
+    supported = set(accel.supported_presets(spec))
+    if presets is None:
+        presets = tuple(p for p in SPARSE if set(p.split("+")) <= supported)
+    refused = [p for p in SPARSE if not set(p.split("+")) <= supported]
 
     @pytest.fixture(scope="module")
     def family():
@@ -100,7 +108,17 @@ def family_tests(name: str, presets=tuple(SPARSE)):
             assert s.get("cache:predicted", 0) > 0, s
         assert torch.equal(call(pipe, spec), ref)
 
+    @pytest.mark.parametrize("preset", refused or [None])
+    def test_unsupported_presets_are_refused_clearly(family, preset):
+        if preset is None:
+            pytest.skip(f"{name} supports every preset")
+        pipe, _ = family
+        with pytest.raises(ValueError, match=f"cannot apply to {name} models: .*use "):
+            accel.accelerate(pipe, preset)
+        assert not accel.is_accelerated(pipe)
+
     return {
+        "test_unsupported_presets_are_refused_clearly": test_unsupported_presets_are_refused_clearly,
         "family": family,
         "test_every_step_dense_is_bit_identical": test_every_step_dense_is_bit_identical,
         "test_preset_runs_and_disable_restores": test_preset_runs_and_disable_restores,
