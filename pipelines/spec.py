@@ -13,7 +13,7 @@ import torch
 from accel.attention_kernels import TokenLayout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per family
 class ModelSpec:
     """What the plugin needs to know about one DiT family.
 
