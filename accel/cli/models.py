@@ -435,6 +435,7 @@ def load_pipeline(source: ModelSource, dtype):
 
 def models_lines() -> list[str]:
     """One line per model for ``diffusion-fast models``: embedded models, then supported families."""
+    from accel import supported_presets
     from accel.pipelines import supported_specs
 
     lines = []
@@ -451,6 +452,9 @@ def models_lines() -> list[str]:
             rules.append(f"frames {spec.frame_multiple}k+1")
         if spec.default_fps:
             rules.append(f"{spec.default_fps} fps")
+        rules.append("image" if not spec.is_video else "video")
+        presets = [p for p in supported_presets(spec) if p != "dense"]
+        rules.append(f"presets {', '.join(presets)} (attention presets also +taylorseer)")
         lines.append(
             f"{spec.name}: {', '.join(spec.pipeline_classes)} (transformer {', '.join(spec.transformer_classes)})"
             + (f"; {', '.join(rules)}" if rules else "")

@@ -31,5 +31,8 @@ def test_models_lists_embedded_model_and_families(tmp_path):
         assert line.startswith(f"{spec.name}: ")
         for cls in spec.pipeline_classes:
             assert cls in line
+        presets = [p for p in accel.supported_presets(spec) if p != "dense"]
+        assert f"presets {', '.join(presets)} (" in line
+        assert (", image, " in line) != spec.is_video
     wan = next(ln for ln in lines if ln.startswith("wan: "))
     assert "multiples of 16" in wan and "4k+1" in wan and "16 fps" in wan
