@@ -24,9 +24,14 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+BLOCK_SIZE = 128  # tokens per mask block unless a model publishes another (the kernels' tile)
+
+
 def _fill_unset(cfg, model_defaults: dict[str, Any], generic: dict[str, Any]):
     """``cfg`` with its ``None`` fields set from the model's published defaults, then from generic fallbacks (for a
-    model without published numbers); fields the user set are kept."""
+    model without published numbers); fields the user set are kept. Every attention config's ``block_size`` falls
+    back to :data:`BLOCK_SIZE`."""
+    generic = {**generic, "block_size": BLOCK_SIZE} if hasattr(cfg, "block_size") else generic
     fill = {**generic, **{k: v for k, v in model_defaults.items() if v is not None}}
     return dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k, None) is None})
 
@@ -39,7 +44,7 @@ def _check_gating(cfg) -> None:
     )
     _check(cfg.dense_layers is None or cfg.dense_layers >= 0, "dense_layers must be >= 0")
     _check(
-        cfg.block_size >= 16 and cfg.block_size & (cfg.block_size - 1) == 0,
+        cfg.block_size is None or (cfg.block_size >= 16 and cfg.block_size & (cfg.block_size - 1) == 0),
         f"block_size must be a power of two >= 16, got {cfg.block_size}",
     )
     _check(cfg.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
@@ -71,7 +76,7 @@ class RadialConfig:
     dense_step_fraction: float | None = None
     dense_layers: int | None = None
     sink: bool | None = None
-    block_size: int = 128
+    block_size: int | None = None  # None: the model's, else 128 (BLOCK_SIZE)
     backend: str = "auto"
     max_density: float = 0.9
     min_blocks: int = 4
@@ -106,7 +111,7 @@ class DraftConfig:
     dense_step_fraction: float | None = None
     dense_layers: int | None = None
     patch: tuple[int, int] = (8, 16)
-    block_size: int = 128
+    block_size: int | None = None  # None: the model's, else 128 (BLOCK_SIZE)
     backend: str = "auto"
     pool_backend: str = "auto"
     min_blocks: int = 4
@@ -122,7 +127,7 @@ class DraftConfig:
         _check_gating(self)
         object.__setattr__(self, "patch", tuple(int(x) for x in self.patch))
         _check(
-            len(self.patch) == 2 and self.patch[0] * self.patch[1] == self.block_size,
+            len(self.patch) == 2 and (self.block_size is None or self.patch[0] * self.patch[1] == self.block_size),
             f"draft patch {self.patch} must be (rows, cols) with rows * cols == block_size ({self.block_size})",
         )
         _check(self.pool_backend in ("auto", "triton", "torch"), "pool_backend must be 'auto', 'triton' or 'torch'")
@@ -148,7 +153,7 @@ class SparseVDiTConfig:
     plan: str | None = None
     dense_step_fraction: float | None = None
     dense_layers: int | None = None
-    block_size: int = 128
+    block_size: int | None = None  # None: the model's, else 128 (BLOCK_SIZE)
     backend: str = "auto"
     min_blocks: int = 4
     min_speedup: float = 1.1
@@ -188,8 +193,8 @@ class RettentionConfig:
     - ``dense_layers``, ``block_size``, ``backend``, ``min_blocks``, ``min_speedup``: as for radial.
     """
 
-    window_tokens: int = 128
-    window_frames: int = 1
+    window_tokens: int | None = None  # None: the model's published window, else 128
+    window_frames: int | None = None  # None: the model's published window, else 1
     dense_step_fraction: float | None = None
     recalibrate_every: int | None = None
     ratio_drift: float = 0.04
@@ -198,7 +203,7 @@ class RettentionConfig:
     residual_dtype: str | None = None
     residual_layers: tuple[int, ...] | None = None
     dense_layers: int | None = None
-    block_size: int = 128
+    block_size: int | None = None  # None: the model's, else 128 (BLOCK_SIZE)
     backend: str = "auto"
     min_blocks: int = 4
     min_speedup: float = 1.1
@@ -206,8 +211,14 @@ class RettentionConfig:
     method = "rettention"
 
     def __post_init__(self):
-        _check(self.window_tokens >= 0, f"window_tokens must be >= 0, got {self.window_tokens}")
-        _check(self.window_frames >= -1, f"window_frames must be >= 0 (-1: every frame), got {self.window_frames}")
+        _check(
+            self.window_tokens is None or self.window_tokens >= 0,
+            f"window_tokens must be >= 0, got {self.window_tokens}",
+        )
+        _check(
+            self.window_frames is None or self.window_frames >= -1,
+            f"window_frames must be >= 0 (-1: every frame), got {self.window_frames}",
+        )
         _check(
             self.recalibrate_every is None or self.recalibrate_every >= 1,
             f"recalibrate_every must be >= 1, got {self.recalibrate_every}",
@@ -219,7 +230,8 @@ class RettentionConfig:
         _check_gating(self)
 
     def with_defaults(self, defaults: dict[str, Any]) -> RettentionConfig:
-        return _fill_unset(self, defaults, {"dense_step_fraction": 0.3, "dense_layers": 0})
+        generic = {"dense_step_fraction": 0.3, "dense_layers": 0, "window_tokens": 128, "window_frames": 1}
+        return _fill_unset(self, defaults, generic)
 
     def recalibration_interval(self, num_steps: int | None) -> int:
         if self.recalibrate_every is not None:

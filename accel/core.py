@@ -66,14 +66,23 @@ def key_padding(step: StepInfo, key_valid: torch.Tensor | None, shape: torch.Siz
 
 
 def key_mask(attn_mask: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor | None:
-    """An SDPA-style attention mask that only says which keys exist, as bool ``[B|1, S]``; None for any other mask.
+    """An SDPA-style attention mask that only says which tokens exist, as bool ``[B|1, S]``; None for any other.
 
-    Understood: bool (True = attend) or additive float (0 = attend, <= -1e4 or -inf = masked) masks shaped
-    ``[B|1, 1, 1, S]``, ``[B|1, 1, S]`` or ``[B|1, S]`` (one row for every query and head: HunyuanVideo and
-    Qwen-Image's padded-text masks). Masks that differ per query or head, or add other biases, are not.
+    Understood:
+
+    - bool (True = attend) or additive float (0 = attend, <= -1e4 or -inf = masked) key masks shaped
+      ``[B|1, 1, 1, S]``, ``[B|1, 1, S]`` or ``[B|1, S]``, one row for every query and head (HunyuanVideo and
+      Qwen-Image's padded-text masks);
+    - bool ``[B|1, 1, S, S]`` masks that are the outer product ``v[:, None] & v[None, :]`` of one token-valid vector
+      (HunyuanVideo 1.5): real queries attend real keys. Padded query rows are all False there; the core gives them
+      attention over the real keys instead, and they only ever feed padded tokens, which no real token attends.
+
+    Masks that differ per head or per real query, or add other biases, are not understood.
     """
     if attn_mask.shape[-1] != seq_len or attn_mask.dim() not in (2, 3, 4) or attn_mask.shape[0] not in (1, batch):
         return None
+    if attn_mask.dim() == 4 and attn_mask.shape[1] == 1 and attn_mask.shape[2] == seq_len:
+        return _outer_product_mask(attn_mask[:, 0])
     if any(d != 1 for d in attn_mask.shape[1:-1]):
         return None
     row = attn_mask.reshape(attn_mask.shape[0], seq_len)
@@ -83,6 +92,25 @@ def key_mask(attn_mask: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor 
         return None
     valid = row == 0
     if not bool((valid | (row <= -1e4)).all()):  # a bias that is neither 0 nor masked: not a key mask
+        return None
+    return valid
+
+
+def _outer_product_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """``v`` when bool ``mask [B, S, S]`` equals ``v[:, :, None] & v[:, None, :]``, else None.
+
+    Checked with row and column counts, without another ``S x S`` tensor: with ``v`` the columns holding any True
+    and ``n`` their number, no True can sit outside ``v``'s columns (their count is 0), so a row of ``n`` Trues holds
+    every ``v`` column; rows of ``v`` with ``n`` Trues and the other rows empty is exactly the outer product.
+    """
+    if mask.dtype != torch.bool:
+        return None
+    cols = mask.sum(-2)  # [B, S]
+    rows = mask.sum(-1)
+    valid = cols > 0
+    n = valid.sum(-1, keepdim=True)
+    expect = torch.where(valid, n, torch.zeros_like(n))
+    if not (torch.equal(rows, expect) and torch.equal(cols, expect)):
         return None
     return valid
 

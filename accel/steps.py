@@ -18,14 +18,21 @@ from accel.attention_kernels import TokenLayout
 
 from .state import StepInfo
 
+# How far a forward's timestep may sit from its schedule entry: pipelines hand the transformer the timestep in the
+# latents' dtype, and Flux divides it by 1000 in that dtype too: two bfloat16 roundings (2**-8 each) move it by up
+# to about 0.8%. Where neighbouring entries are closer than that (the first steps of a shifted schedule), the nearest
+# one is taken.
+RELATIVE_TOLERANCE = 1e-2
+
 
 def _match(schedule: torch.Tensor | None, value: float | None) -> int | None:
-    """Index of ``value`` in ``schedule`` (nearest, within a relative 1e-3), or None."""
+    """Index of ``value`` in ``schedule`` (the nearest entry, within :data:`RELATIVE_TOLERANCE` or 1e-3 absolute
+    on small values), or None."""
     if value is None or not isinstance(schedule, torch.Tensor) or schedule.numel() == 0:
         return None
     diff = (schedule.detach().float().cpu().flatten() - value).abs()
     i = int(diff.argmin())
-    return i if float(diff[i]) <= 1e-3 * max(1.0, abs(value)) else None
+    return i if float(diff[i]) <= max(1e-3, RELATIVE_TOLERANCE * abs(value)) else None
 
 
 class StepResolver:

@@ -82,7 +82,22 @@ def test_key_mask_reads_only_masks_that_mark_keys():
     additive = torch.zeros(B, 1, 1, S).masked_fill(~valid[:, None, None, :], float("-inf"))
     assert torch.equal(key_mask(additive, B, S), valid)
     assert torch.equal(key_mask(additive.clamp(min=-1e9), B, S), valid)
-    assert key_mask(torch.ones(B, 1, S, S, dtype=torch.bool), B, S) is None  # per-query mask
+    assert key_mask(torch.ones(B, 1, S, S, dtype=torch.bool).tril(), B, S) is None  # per-query mask
     assert key_mask(torch.ones(B, 2, 1, S, dtype=torch.bool), B, S) is None  # per-head mask
     assert key_mask(torch.full((B, 1, 1, S), 0.5), B, S) is None  # a bias, not a mask
     assert key_mask(valid, 3, S) is None and key_mask(valid, B, S + 1) is None
+
+
+def test_key_mask_reads_outer_product_masks_of_one_valid_vector():
+    valid = torch.tensor([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    outer = (valid[:, :, None] & valid[:, None, :])[:, None]  # [B, 1, S, S], HunyuanVideo 1.5's mask
+    assert torch.equal(key_mask(outer, 2, 5), valid)
+    broken = outer.clone()
+    broken[0, 0, 0, 2] = True  # a real query attends a padded key
+    assert key_mask(broken, 2, 5) is None
+    partial = outer.clone()
+    partial[0, 0, 1, 3] = False  # one real pair missing
+    assert key_mask(partial, 2, 5) is None
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    assert key_mask(causal, 1, 5) is None
+    assert key_mask(outer.float(), 2, 5) is None  # additive full masks: not read

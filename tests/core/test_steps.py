@@ -1,5 +1,6 @@
 """StepResolver: every way a host can know the step, and the one full-step decision per forward."""
 
+import pytest
 import torch
 from accel.attention_kernels import TokenLayout
 
@@ -51,3 +52,20 @@ def test_full_step_decision_is_made_once_per_forward():
     flags = [r.resolve(LAYOUT, step_index=i, num_steps=4).full for i in range(4)]
     assert flags == [True, False, True, False] and calls == [(0, 4), (1, 4), (2, 4), (3, 4)]
     assert StepResolver("t").resolve(LAYOUT).full  # nothing to skip: every step is full
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 7.0])
+def test_bfloat16_timesteps_resolve_to_their_steps(shift):
+    """Flux pipelines hand the transformer ``t`` in the latents' dtype divided by 1000 in that dtype: two bfloat16
+    roundings. Every step of a 28-step shifted schedule still resolves to itself (not to forward counting)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=shift)
+    sched.set_timesteps(28)
+    resolver = StepResolver("transformer")
+    got = []
+    for t in sched.timesteps[5:]:  # img2img: starts part-way; true CFG: two forwards per step, one branch
+        rounded = float((t.to(torch.bfloat16) / 1000).to(torch.bfloat16).float() * 1000)
+        for _ in range(2):
+            got.append(resolver.resolve(TokenLayout(1, 2, 2), timestep=rounded, timesteps=sched.timesteps).step_index)
+    assert got == [i for i in range(5, 28) for _ in range(2)]

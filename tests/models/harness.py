@@ -92,7 +92,7 @@ def family_tests(name: str, presets=None):
             monkeypatch.setenv("ACCEL_PLAN_DIR", str(tmp_path))
             rest = {k: v for k, v in spec.tiny_call.items() if k != "prompt"}
             accel.calibrate(pipe, [spec.tiny_call["prompt"]], tolerance=0.6, block_size=16, dense_layers=0,
-                            dense_step_fraction=0.2, **rest)  # fmt: skip
+                            dense_step_fraction=0.2, backend="gather", **rest)  # fmt: skip
         accel.accelerate(pipe, preset, **kw)
         try:
             out = call(pipe, spec)
