@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import PROG, CLIError
 from .output import OutputError, OutputTarget, check_writable, write_atomic
-from .request import resolve_request
+from .request import resolve_request, with_default_preset
 from .runner import PeakMemory, attention_text, compare, environment, finite, load, note
 
 METRICS = {
@@ -47,6 +47,7 @@ def _fmt(x: float | None, spec: str, none: str = "-") -> str:
 
 
 def cmd_bench(args) -> int:
+    with_default_preset(args, "presets")
     presets = ["dense"] + list(dict.fromkeys(p.strip() for p in args.presets if p.strip() != "dense"))
     json_path = _check_side_file(args.json, "--json", None) if args.json else None
     plot_path = _check_side_file(args.plot, "--plot", ".png") if args.plot else None

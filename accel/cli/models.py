@@ -461,3 +461,48 @@ def models_lines() -> list[str]:
             + (f"; e.g. --model {', '.join(spec.example_repos)}" if spec.example_repos else "")
         )
     return lines
+
+
+_SHORT = {
+    "dense_step_fraction": lambda v: f"{v:.0%} of steps dense",
+    "dense_layers": lambda v: f"{v} dense layer{'s' if v != 1 else ''}",
+    "sink": lambda v: "sink" if v else "no sink",
+    "window_frames": lambda v: "every frame" if v == -1 else f"+-{v} frames",
+    "window_tokens": lambda v: f"+-{v} tokens",
+    "block_size": lambda v: f"{v}-token blocks",
+    "recalibrate_every": lambda v: f"recalibrate every {v}",
+    "warmup_steps": lambda v: f"warm-up {v}",
+}
+
+
+def presets_table() -> str:
+    """The models x presets table of the README (markdown), from the live registries: which presets each family
+    takes and the per-model defaults it fills in (a cell without any says so: the preset's generic ones apply)."""
+    import types
+
+    from accel import supported_presets
+    from accel.pipelines import supported_specs
+
+    methods = ("radial", "draft", "sparse-vdit", "rettention", "taylorseer")
+    lines = [
+        "| model | pipelines | tokens | " + " | ".join(f"`{m}`" for m in methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+    for spec in supported_specs():
+        holder = types.SimpleNamespace(**dict.fromkeys(spec.transformer_attrs))
+        defaults = spec.defaults(holder)
+        supported = supported_presets(spec)
+        text = {"none": "", "first": ", text first", "last": ", text last"}[spec.text_pos]
+        kind = ("video" if spec.is_video else "image") + text
+        cells = []
+        for m in methods:
+            if m not in supported:
+                cells.append("refused (image)")
+            elif m == "sparse-vdit":
+                cells.append("calibrated plan")
+            elif m in defaults:
+                cells.append(", ".join(_SHORT.get(k, lambda v, k=k: f"{k} {v:g}")(v) for k, v in defaults[m].items()))
+            else:
+                cells.append("generic")
+        lines.append(f"| {spec.name} | {', '.join(spec.pipeline_classes)} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

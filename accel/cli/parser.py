@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (blank lines and # comments skipped)")
     r.add_argument(
         "--preset",
-        default="radial",
-        help="acceleration preset; '+' composes (e.g. radial+taylorseer); 'dense' for none (default: radial). "
+        default=None,
+        help="acceleration preset; '+' composes (e.g. radial+taylorseer); 'dense' for none (default: radial on "
+        "video models, draft on image models). "
         f"`{PROG} presets` lists them",
     )
     r.add_argument("--fps", type=positive_float, help="video frame rate (default: the model's, Wan 16)")
@@ -163,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--presets",
         nargs="+",
-        default=["radial"],
+        default=None,
         metavar="PRESET",
-        help="presets to compare with dense (default: radial); dense always runs first as the reference. Give the "
+        help="presets to compare with dense (default: radial on video models, draft on image models); dense always "
+        "runs first as the reference. Give the "
         "prompt before --presets, which takes every word after it",
     )
     b.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs per preset (default: 1)")

@@ -7,7 +7,7 @@ import time
 
 from .errors import EXIT_FAILURE, CLIError
 from .output import OutputError, check_writable, numbered, parse_output, write_output
-from .request import read_prompts, resolve_request
+from .request import read_prompts, resolve_request, with_default_preset
 from .runner import (
     apply_preset,
     attention_text,
@@ -36,6 +36,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         for t in targets:
             check_writable(t)
 
+    with_default_preset(args, "preset")
     request, configs = resolve_request(args, [args.preset], before_load=check_outputs)
     config = configs[args.preset]
     quiet = args.quiet

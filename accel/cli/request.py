@@ -444,6 +444,24 @@ def _cli_spelling(message: str) -> str:
 # ----------------------------------------------------------------------------------------------- the request
 
 
+def default_preset(spec) -> str:
+    """The preset used when none is given: radial, or draft on models radial does not apply to (images)."""
+    import accel
+
+    return "radial" if spec is None or "radial" in accel.supported_presets(spec) else "draft"
+
+
+def with_default_preset(args: argparse.Namespace, attr: str) -> None:
+    """Fill ``args.<attr>`` (``preset`` or ``presets``) with :func:`default_preset` of the model when not given; the
+    model is resolved once here and handed on as ``args.model``."""
+    if getattr(args, attr) is not None:
+        return
+    source = args.model if isinstance(args.model, ModelSource) else resolve_model(args.model)
+    args.model = source
+    preset = default_preset(source.spec)
+    setattr(args, attr, preset if attr == "preset" else [preset])
+
+
 def build_request(
     model: str | ModelSource,
     presets: list[str],
@@ -502,6 +520,14 @@ def build_request(
                 f"preset {preset!r} cannot accelerate {source.pipeline_class} ({transformer}) yet; supported "
                 f"models: {supported_models_text()}. Render it without acceleration with --preset dense"
             )
+
+    if spec is not None:
+        from accel.methods import method_class
+
+        for preset, config in configs.items():
+            reason = None if config.attention is None else method_class(config.attention).unsupported(spec)
+            if reason is not None:
+                raise CLIError(f"preset {preset!r} cannot apply to {spec.name} models: {reason}")
 
     is_video = source.is_video
     emb = source.embedded

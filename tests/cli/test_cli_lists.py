@@ -36,3 +36,15 @@ def test_models_lists_embedded_model_and_families(tmp_path):
         assert (", image, " in line) != spec.is_video
     wan = next(ln for ln in lines if ln.startswith("wan: "))
     assert "multiples of 16" in wan and "4k+1" in wan and "16 fps" in wan
+
+
+def test_readme_models_table_is_the_registries():
+    from pathlib import Path
+
+    from accel.cli.models import presets_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- presets-table:start -->\n")[1].split("\n<!-- presets-table:end -->")[0]
+    assert table == presets_table(), (
+        "regenerate the README table: python -c 'from accel.cli.models import presets_table; print(presets_table())'"
+    )

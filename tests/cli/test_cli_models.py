@@ -75,11 +75,15 @@ def test_image_to_video_from_a_local_folder(wan_i2v_folder, tmp_path, monkeypatc
     assert "pass --image PATH" in capsys.readouterr().err
 
 
-def test_unsupported_pipeline_is_refused_before_loading(image_pipeline_folder, tmp_path, monkeypatch, capsys):
+def test_unsupported_pipeline_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "sd3"
+    folder.mkdir()
+    index = {"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"]}
+    (folder / "model_index.json").write_text(json.dumps(index))
     monkeypatch.chdir(tmp_path)
-    assert main(["a cat", "--model", str(image_pipeline_folder), "--preset", "radial", "-o", "cat.png"]) == 2
+    assert main(["a cat", "--model", str(folder), "--preset", "draft", "-o", "cat.png"]) == 2
     err = capsys.readouterr().err
-    assert "cannot accelerate FluxPipeline" in err and "wan (WanPipeline" in err and "--preset dense" in err
+    assert "cannot accelerate StableDiffusion3Pipeline" in err and "wan (WanPipeline" in err and "--preset dense" in err
 
 
 @pytest.mark.parametrize(
@@ -120,3 +124,25 @@ def test_loading_in_half_precision_keeps_the_specs_float32_components(wan_folder
     pipe = load_pipeline(source, torch.bfloat16)
     assert next(pipe.vae.parameters()).dtype == torch.float32
     assert pipe.transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16  # (Wan keeps a few modules fp32)
+
+
+@pytest.fixture(scope="module")
+def flux_folder(tmp_path_factory):
+    from accel.testing import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-flux-folder")
+    tiny_pipeline("flux").save_pretrained(folder)
+    return folder
+
+
+def test_an_image_model_renders_an_image_with_its_default_preset(flux_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["w3 w4", "--model", str(flux_folder), "--height", "64", "--width", "64", "--steps", "2", "-o", "cat.png"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "preset draft" in captured.err and "saved cat.png: image 64x64" in captured.out
+    assert iio.imread(tmp_path / "cat.png").shape == (64, 64, 3)
+    # radial has no frame axis to decay over on an image: refused before the weights load, nothing written
+    assert main([*args[:-1], "radial.png", "--preset", "radial+taylorseer"]) == 2
+    assert "cannot apply to flux models" in capsys.readouterr().err
+    assert not (tmp_path / "radial.png").exists()
