@@ -4,6 +4,13 @@ Token rules (reference/sparse-attention-methods.md, table A): 8x spatial VAE and
 16x16 pixels; latent frames are ``(F - 1) / 4 + 1`` for ``4k + 1`` frames (CogVideoX 1.5 then halves them with its
 temporal patch of 2, padding up). Text sits in self-attention for HunyuanVideo (256 tokens, last), CogVideoX (226,
 first) and Flux (512, first); Wan's text is cross-attention.
+
+The other families (pipelines/<family>.py has each one's rules): Mochi 6x temporal (6k+1 frames, 163 published),
+16 px per token, up to 256 text tokens last (each batch item's call holds only its real text, so shorter text lengths
+occur too); LTX-Video 8x temporal (8k+1 frames), 32 px per token (VAE 32x, patch 1), text in cross-attention;
+HunyuanVideo 1.5 16 px per token (VAE 16x, patch 1), text last (image + byT5 + LLM tokens, about a thousand);
+PixArt one frame, 16 px per token, no text in self-attention; Qwen-Image one frame, 16 px per token, text first
+(its real prompt length, tens to hundreds of tokens).
 """
 
 from __future__ import annotations
@@ -47,11 +54,38 @@ def real_layouts(model: str) -> list[tuple[str, TokenLayout]]:
     elif model == "flux":  # images: one frame, 512 text tokens first
         for h, w in FLUX_SIZES:
             out.append((f"flux_{h}x{w}", TokenLayout(1, h // 16, w // 16, 512, "first")))
+    elif model == "mochi":  # 6k+1 frames up to 163; text last, full (256) or a short real prompt
+        for h, w in MOCHI_SIZES:
+            for f in range(1, 164, 18):
+                for text in (256, 37):
+                    lay = TokenLayout((f - 1) // 6 + 1, h // 16, w // 16, text, "last")
+                    out.append((f"mochi_{h}x{w}x{f}_t{text}", lay))
+    elif model == "ltx":  # 8k+1 frames up to 257; 32 px per token; no text in self-attention
+        for h, w in LTX_SIZES:
+            for f in range(1, 258, 24):
+                out.append((f"ltx_{h}x{w}x{f}", TokenLayout((f - 1) // 8 + 1, h // 32, w // 32)))
+    elif model == "hunyuan15":  # 4k+1 frames up to 121; 16 px per token; about a thousand text tokens last
+        for h, w in HUNYUAN15_SIZES:
+            for f in range(1, 122, 12):
+                out.append((f"hy15_{h}x{w}x{f}", TokenLayout(_latent_frames(f), h // 16, w // 16, 1000, "last")))
+    elif model == "pixart":
+        for h, w in PIXART_SIZES:
+            out.append((f"pixart_{h}x{w}", TokenLayout(1, h // 16, w // 16)))
+    elif model == "qwen":  # text first, real prompt lengths
+        for h, w in QWEN_SIZES:
+            for text in (12, 150):
+                out.append((f"qwen_{h}x{w}_t{text}", TokenLayout(1, h // 16, w // 16, text, "first")))
     else:
         raise ValueError(model)
     return out
 
 
-MODELS = ("wan", "hunyuan", "cogvideox", "flux")
+MOCHI_SIZES = [(480, 848), (848, 480)]
+LTX_SIZES = [(480, 704), (512, 704), (704, 1216), (768, 1280), (1216, 704)]
+HUNYUAN15_SIZES = [(480, 848), (720, 1280), (848, 480)]
+PIXART_SIZES = [(1024, 1024), (512, 512), (2048, 2048), (768, 1344), (1344, 768), (896, 1152), (1152, 896)]
+QWEN_SIZES = [(1328, 1328), (1664, 928), (928, 1664), (1472, 1140), (1140, 1472)]
+
+MODELS = ("wan", "hunyuan", "cogvideox", "flux", "mochi", "ltx", "hunyuan15", "pixart", "qwen")
 # Wan 2.2 A14B, whose radial processor uses 64-token blocks.
 WAN22_SIZES = [(480, 832), (832, 480), (720, 1280), (1280, 720)]

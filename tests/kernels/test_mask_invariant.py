@@ -34,6 +34,11 @@ RADIAL = {
     "hunyuan": [(128, 0.95, False)],
     "cogvideox": [(128, 0.2, False)],
     "flux": [(128, 0.2, False)],
+    "mochi": [(128, 1.0, False)],  # generic defaults: nothing published
+    "ltx": [(128, 1.0, False)],
+    "hunyuan15": [(128, 0.95, False)],
+    "pixart": [],  # images: radial is refused at accelerate time
+    "qwen": [],
 }
 PATTERNS = (
     HeadPattern("diagonal", 0),
@@ -70,6 +75,15 @@ def test_rettention_covers_every_query_block(model):
         _assert_covered(masks, f"rettention window_frames={frames}")
 
 
+@pytest.mark.parametrize(
+    "model,window,frames,bs",
+    [("cogvideox", 21, None, 128), ("cogvideox", 21, None, 64), ("pixart", 64, None, 64), ("pixart", 64, None, 128)],
+)
+def test_rettention_published_windows_cover_every_query_block(model, window, frames, bs):
+    masks = [(name, rettention_mask(lay, bs, window, frames)) for name, lay in real_layouts(model)]
+    _assert_covered(masks, f"rettention published +-{window} tokens at {bs}-token blocks")
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_sparse_vdit_patterns_cover_every_query_block(model):
     # Pattern masks depend on the block count and the text blocks only: one layout per distinct pair of those.
@@ -101,6 +115,8 @@ RAGGED = [
     TokenLayout(7, 5, 8),  # 280 tokens, frames straddle blocks
     TokenLayout(6, 3, 5, 11, "last"),  # text after the video
     TokenLayout(6, 3, 5, 9, "first"),  # text before the video
+    TokenLayout(1, 9, 13, 5, "first"),  # an image with short text first (Qwen-Image, Flux): 122 tokens
+    TokenLayout(1, 11, 13),  # an image without text in self-attention (PixArt): 143 tokens
 ]
 
 
