@@ -9,6 +9,7 @@ from .permute import TokenPermutation
 from .radial import radial_mask
 from .rettention import mass_ratio, reshape_sparse, rettention_mask
 from .sparse_vdit import HeadPattern, position_major_permutation, sparse_vdit_attention
+from .text_split import text_split_attention
 
 __all__ = [
     "BlockMask",
@@ -28,4 +29,5 @@ __all__ = [
     "resolve_backend",
     "rettention_mask",
     "sparse_vdit_attention",
+    "text_split_attention",
 ]

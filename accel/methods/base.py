@@ -6,8 +6,11 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from accel.attention_kernels.api import TRITON_HEAD_DIMS, EmptyQueryBlockError, resolve_backend
+from accel.attention_kernels.api import TRITON_HEAD_DIMS, EmptyQueryBlockError, block_sparse_attention, resolve_backend
+from accel.attention_kernels.block_mask import BlockMask
+from accel.attention_kernels.text_split import text_split_attention
 
 from ..state import LayerKey, Stats, StepInfo
 
@@ -130,12 +133,40 @@ DEFAULT_EFFICIENCY = 0.5  # devices and backends not measured yet
 REFERENCE_EFFICIENCY = 0.1
 
 
+def efficiency(backend: str, q) -> float:
+    """The efficiency table's value for ``backend`` (as configured: ``auto`` resolves) on ``q``'s device."""
+    resolved = resolve_backend(kernel_backend(backend, q), q.device)
+    eff = REFERENCE_EFFICIENCY if resolved == "reference" else EFFICIENCY.get((q.device.type, resolved))
+    return eff or DEFAULT_EFFICIENCY
+
+
 def estimated_speedup(cost: float, backend: str, q) -> float:
     """Dense time over sparse time for a call whose sparse path does ``cost`` dense-equivalent block work (the kept
     block fraction, plus planning) on ``backend``; the efficiency table above turns block work into time."""
-    resolved = resolve_backend(kernel_backend(backend, q), q.device)
-    eff = REFERENCE_EFFICIENCY if resolved == "reference" else EFFICIENCY.get((q.device.type, resolved))
-    return (eff or DEFAULT_EFFICIENCY) / max(cost, 1e-9)
+    return efficiency(backend, q) / max(cost, 1e-9)
+
+
+# Copies of the video / text parts and the LSE merge of the split path, in dense-call units (measured on CPU with
+# benchmarks/bench_text_blocks.py: the split's time minus its attention parts, a few percent).
+SPLIT_OVERHEAD = 0.03
+
+
+def text_split_cost(cfg, layout, joint_density: float, video_density: float, q) -> float | None:
+    """The block work (as ``pays`` takes it) of the text-split path (:func:`~accel.attention_kernels.text_split.
+    text_split_attention`) when it is estimated faster than one joint call whose text blocks are dense, else None.
+
+    The split runs the video x video part sparse with its LSE (on CPU that is the gather kernel whatever the
+    backend: Inductor's flex kernel returns no LSE there) and the text parts on dense kernels (efficiency ~1), so
+    it wins when text is a large share of the work (Flux: 512 text tokens on a 4,096-token image) and loses to the
+    one call when text is a sliver of a long video.
+    """
+    if not layout.text_len:
+        return None
+    video_share = (layout.video_tokens / layout.num_tokens) ** 2
+    eff = efficiency(cfg.backend, q)
+    lse_backend = "gather" if q.device.type == "cpu" else cfg.backend
+    split = video_share * video_density / efficiency(lse_backend, q) + (1 - video_share) + SPLIT_OVERHEAD
+    return split * eff if split < joint_density / eff else None
 
 
 def pays(cfg, cost: float, q, stats: Stats) -> bool:
@@ -145,3 +176,34 @@ def pays(cfg, cost: float, q, stats: Stats) -> bool:
         return True
     stats.add("dense", "not_faster")
     return False
+
+
+@dataclass(frozen=True)
+class StaticPlan:
+    """How a call with a static mask runs: one block-sparse call over the joint sequence (``video`` None), or the
+    text split over ``video``, the video-only mask (:func:`text_split_cost` chose it)."""
+
+    mask: BlockMask  # the joint mask (text rows and columns dense)
+    video: BlockMask | None
+    cost: float  # block work, as pays() takes it
+    density: float  # kept share of the attention map, for the stats
+
+    def run(self, q, k, v, layout, *, scale, backend, return_lse=False, require_keys=True):
+        if self.video is None:
+            return block_sparse_attention(
+                q, k, v, self.mask, scale=scale, backend=backend, return_lse=return_lse, require_keys=require_keys
+            )
+        return text_split_attention(q, k, v, layout, self.video, scale=scale, backend=backend, return_lse=return_lse,
+                                    require_keys=require_keys)  # fmt: skip
+
+
+def static_plan(cfg, layout, build: Callable[[object], BlockMask], q) -> StaticPlan:
+    """The faster of the joint call and the text split for a static mask ``build(layout)`` (cached by layout)."""
+    joint = build(layout)
+    if layout.text_len:
+        video = build(layout.video_only())
+        cost = text_split_cost(cfg, layout, joint.density, video.density, q)
+        if cost is not None:
+            share = (layout.video_tokens / layout.num_tokens) ** 2
+            return StaticPlan(joint, video, cost, share * video.density + 1 - share)
+    return StaticPlan(joint, None, joint.density, joint.density)

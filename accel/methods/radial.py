@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from accel.attention_kernels import block_sparse_attention, radial_mask
+from accel.attention_kernels import radial_mask
 
 from ..config import RadialConfig
 from ..state import LayerKey, Stats, StepInfo
 from . import register_method
-from .base import WarmupMethod, checked_sparse, kernel_backend, pays, runs_dense
+from .base import WarmupMethod, checked_sparse, kernel_backend, pays, runs_dense, static_plan
 
 
 @register_method(RadialConfig)
@@ -29,26 +29,22 @@ class RadialMethod(WarmupMethod):
             )
         return None
 
-    def mask_for(self, step: StepInfo, device: torch.device):
+    def mask_for(self, layout, device: torch.device):
         cfg = self.config
-        return radial_mask(step.layout, cfg.block_size, cfg.decay, sink=cfg.sink, device=device)
+        return radial_mask(layout, cfg.block_size, cfg.decay, sink=cfg.sink, device=device)
 
     def attend(self, q, k, v, step: StepInfo, layer: LayerKey, scale, stats: Stats):
         """Sparse output ``[B, S, H, D]``, or None when this call should run dense."""
         cfg = self.config
         if runs_dense(cfg, step, layer, stats):
             return None
-        mask = self.mask_for(step, q.device)
-        if mask.density > cfg.max_density:
+        plan = static_plan(cfg, step.layout, lambda layout: self.mask_for(layout, q.device), q)
+        if plan.mask.density > cfg.max_density:
             stats.add("dense", "mask_too_dense")
             return None
-        if not pays(cfg, mask.density, q, stats):
+        if not pays(cfg, plan.cost, q, stats):
             return None
         backend = kernel_backend(cfg.backend, q)
         return checked_sparse(
-            stats,
-            lambda: (
-                block_sparse_attention(q, k, v, mask, scale=scale, backend=backend, require_keys=True),
-                mask.density,
-            ),
+            stats, lambda: (plan.run(q, k, v, step.layout, scale=scale, backend=backend), plan.density)
         )

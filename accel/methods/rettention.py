@@ -21,7 +21,7 @@ from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rette
 from ..config import RettentionConfig, torch_dtype
 from ..state import LayerKey, Stats, StepInfo
 from . import register_method
-from .base import WarmupMethod, checked_sparse, dense_steps, kernel_backend, pays, refused, runs_dense
+from .base import WarmupMethod, checked_sparse, dense_steps, kernel_backend, pays, refused, runs_dense, static_plan
 
 
 @dataclass
@@ -78,10 +78,10 @@ class RettentionMethod(WarmupMethod):
     def memory(self) -> dict[str, int]:
         return {"rettention_bytes": self.bytes, "rettention_peak_bytes": self.peak_bytes}
 
-    def mask_for(self, step: StepInfo, device) -> BlockMask:
+    def mask_for(self, layout, device) -> BlockMask:
         cfg = self.config
         frames = None if cfg.window_frames < 0 else cfg.window_frames
-        return rettention_mask(step.layout, cfg.block_size, cfg.window_tokens, frames, device=device)
+        return rettention_mask(layout, cfg.block_size, cfg.window_tokens, frames, device=device)
 
     # ---- attention --------------------------------------------------------------------------------------------
     def attend(self, q, k, v, step: StepInfo, layer: LayerKey, scale, stats: Stats):
@@ -95,18 +95,14 @@ class RettentionMethod(WarmupMethod):
             # A new generation (the step went back) or a different request: what was cached does not apply.
             del self.states[key]
             state = None
-        mask = self.mask_for(step, q.device)
-        if not pays(cfg, self.period_cost(mask.density, step.num_steps), q, stats):
+        plan = static_plan(cfg, step.layout, lambda layout: self.mask_for(layout, q.device), q)
+        if not pays(cfg, self.period_cost(plan.cost, step.num_steps), q, stats):
             return None
         backend = kernel_backend(cfg.backend, q)
         if state is None or self.is_recalibration(step.step_index, step.num_steps):
-            return self._recalibrate(q, k, v, mask, key, step, layer, scale, backend, stats)
+            return self._recalibrate(q, k, v, plan, key, step, layer, scale, backend, stats)
         out = checked_sparse(
-            stats,
-            lambda: (
-                block_sparse_attention(q, k, v, mask, scale=scale, backend=backend, require_keys=True),
-                mask.density,
-            ),
+            stats, lambda: (plan.run(q, k, v, step.layout, scale=scale, backend=backend), plan.density)
         )
         if out is None:
             return None
@@ -118,14 +114,13 @@ class RettentionMethod(WarmupMethod):
         state.step_index = step.step_index
         return out
 
-    def _recalibrate(self, q, k, v, mask, key, step, layer, scale, backend, stats):
+    def _recalibrate(self, q, k, v, plan, key, step, layer, scale, backend, stats):
         cfg = self.config
         try:  # a mask the sparse steps would refuse: keep this layer dense, nothing to cache
-            sparse, lse_sparse = block_sparse_attention(
-                q, k, v, mask, scale=scale, backend=backend, return_lse=True, require_keys=True
-            )
+            sparse, lse_sparse = plan.run(q, k, v, step.layout, scale=scale, backend=backend, return_lse=True)
         except EmptyQueryBlockError as e:
             return refused(stats, e)
+        mask = plan.mask
         full = BlockMask.full(mask.num_q_blocks, mask.num_k_blocks, mask.block_size, device=q.device)
         dense, lse_full = block_sparse_attention(q, k, v, full, scale=scale, backend=backend, return_lse=True)
         rho = mass_ratio(lse_sparse, lse_full)

@@ -119,7 +119,7 @@ def test_rettention_same_inputs_reproduce_dense_and_drift_applies():
     dense = call(3)  # round(0.3 * 10) = 3 dense steps: step 3 is the first recalibration
     assert stats.counts["dense:recalibration"] == 1
     torch.testing.assert_close(call(4), dense, atol=1e-5, rtol=1e-5)
-    sparse = accel.attention_kernels.block_sparse_attention(q, k, v, m.mask_for(StepInfo(0, 10, "c", layout), "cpu"))
+    sparse = accel.attention_kernels.block_sparse_attention(q, k, v, m.mask_for(layout, "cpu"))
     torch.testing.assert_close(call(5) - dense, 0.04 * sparse, atol=1e-5, rtol=1e-5)
     assert stats.counts["sparse"] == 2
     call(2)  # the step went back: a new generation; step 2 is a warm-up step (dense, state untouched)
