@@ -20,3 +20,23 @@ def tiny_tokenizer(model_max_length: int = 512, vocab_size: int = TINY_VOCAB):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=model_max_length
     )
+
+
+def tiny_t5_encoder(d_model: int, *, vocab_size: int = TINY_VOCAB, num_layers: int = 2):
+    """A randomly initialised ``T5EncoderModel`` of width ``d_model`` (4 heads of 8, feed-forward 37), eval mode:
+    the text encoder of every tiny pipeline whose family uses T5."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=37, num_layers=num_layers, num_heads=4,
+        relative_attention_num_buckets=8, dropout_rate=0.0,
+    )  # fmt: skip
+    return T5EncoderModel(config).eval()
+
+
+def finish(pipe, dtype):
+    """A tiny pipeline ready for tests: no progress bar, in ``dtype`` (float32 as built)."""
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)

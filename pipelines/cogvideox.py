@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from accel.attention_kernels import TokenLayout
 
-from ._tiny import TINY_VOCAB, tiny_tokenizer
+from ._tiny import finish, tiny_t5_encoder, tiny_tokenizer
 from .spec import ModelSpec, register_spec
 
 
@@ -122,18 +122,12 @@ def tiny_cogvideox_transformer(
 def _tiny_parts(text_dim: int):
     """VAE (8x spatial, 4x temporal, 4 latent channels), T5 encoder and tokenizer shared by the tiny pipelines."""
     from diffusers import AutoencoderKLCogVideoX
-    from transformers import T5Config, T5EncoderModel
 
     vae = AutoencoderKLCogVideoX(
         block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
         temporal_compression_ratio=4,
     )  # fmt: skip
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=TINY_VOCAB, d_model=text_dim, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, dropout_rate=0.0,
-        )
-    ).eval()  # fmt: skip
+    text_encoder = tiny_t5_encoder(text_dim)
     return vae, text_encoder, tiny_tokenizer()
 
 
@@ -153,8 +147,7 @@ def tiny_cogvideox_pipeline(
         transformer=tiny_cogvideox_transformer(version=version, num_layers=num_layers),
         scheduler=CogVideoXDDIMScheduler(),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 def tiny_cogvideox_i2v_pipeline(*, version: str = "1.0", seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -172,8 +165,7 @@ def tiny_cogvideox_i2v_pipeline(*, version: str = "1.0", seed: int = 0, dtype: t
         transformer=tiny_cogvideox_transformer(version=version, in_channels=8, **extra),
         scheduler=CogVideoXDPMScheduler(),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 COGVIDEOX = register_spec(

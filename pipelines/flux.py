@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from accel.attention_kernels import TokenLayout
 
-from ._tiny import TINY_VOCAB, tiny_tokenizer
+from ._tiny import TINY_VOCAB, finish, tiny_t5_encoder, tiny_tokenizer
 from .spec import ModelSpec, register_spec
 
 # FluxTransformer2DModel.forward's positional order, for callers that pass tensors positionally.
@@ -163,7 +163,7 @@ def tiny_flux_pipeline(
     """
     import diffusers
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
@@ -203,12 +203,7 @@ def tiny_flux_pipeline(
             eos_token_id=2, pad_token_id=0,
         )
     ).eval()  # fmt: skip
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=TINY_VOCAB, d_model=text_dim, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, dropout_rate=0.0,
-        )
-    ).eval()  # fmt: skip
+    t5 = tiny_t5_encoder(text_dim)
     components = dict(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,
@@ -219,8 +214,7 @@ def tiny_flux_pipeline(
         transformer=transformer,
     )
     pipe = getattr(diffusers, pipeline)(**components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 FLUX = register_spec(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from accel.attention_kernels import TokenLayout
 
-from ._tiny import TINY_VOCAB, tiny_tokenizer
+from ._tiny import TINY_VOCAB, finish, tiny_t5_encoder, tiny_tokenizer
 from .spec import ModelSpec, register_spec
 
 
@@ -191,8 +191,7 @@ def tiny_hunyuan_video_pipeline(*, seed: int = 0, dtype: torch.dtype = torch.flo
         text_encoder_2=text_encoder_2,
         tokenizer_2=tiny_tokenizer(),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 def tiny_hunyuan_video15_transformer(
@@ -253,7 +252,7 @@ def tiny_hunyuan_video15_pipeline(
     ``vision_num_semantic_tokens``)."""
     from diffusers import AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
     from diffusers.guiders import ClassifierFreeGuidance
-    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
 
     torch.manual_seed(seed)
     text_dim = transformer_kw.setdefault("text_dim", 32)
@@ -278,12 +277,7 @@ def tiny_hunyuan_video15_pipeline(
         )
     ).eval()  # fmt: skip
     tokenizer_2 = ByT5Tokenizer()  # byte-level: needs no vocabulary file
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_2), d_model=text_2_dim, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
-            relative_attention_num_buckets=8, dropout_rate=0.0,
-        )
-    ).eval()  # fmt: skip
+    text_encoder_2 = tiny_t5_encoder(text_2_dim, vocab_size=len(tokenizer_2), num_layers=1)
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = _TINY_CHAT_TEMPLATE
     pipe = HunyuanVideo15Pipeline(
@@ -301,8 +295,7 @@ def tiny_hunyuan_video15_pipeline(
     pipe.tokenizer_max_length = text_len
     pipe.tokenizer_2_max_length = byt5_len
     pipe.vision_num_semantic_tokens = image_tokens
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 HUNYUAN_VIDEO = register_spec(

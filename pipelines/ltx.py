@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from accel.attention_kernels import TokenLayout
 
-from ._tiny import TINY_VOCAB, tiny_tokenizer
+from ._tiny import finish, tiny_t5_encoder, tiny_tokenizer
 from .spec import ModelSpec, register_spec
 
 # LTXVideoTransformer3DModel.forward(hidden_states, encoder_hidden_states, timestep, encoder_attention_mask,
@@ -126,32 +126,19 @@ def tiny_ltx_pipeline(
     Any text works with the word-level tokenizer (unknown words become ``<unk>``).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXPipeline
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     transformer = tiny_ltx_transformer(
         num_layers=num_layers, num_heads=num_heads, head_dim=head_dim, text_dim=text_dim
     ).eval()
     vae = tiny_ltx_vae()
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=TINY_VOCAB,
-            d_model=text_dim,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            dropout_rate=0.0,
-        )
-    ).eval()
+    text_encoder = tiny_t5_encoder(text_dim)
     # The pipelines shift the sigmas by the sequence length (mu), which needs dynamic shifting.
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
     cls = LTXImageToVideoPipeline if image_to_video else LTXPipeline
     pipe = cls(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(),
                transformer=transformer)  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 LTX = register_spec(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from accel.attention_kernels import TokenLayout
 
-from ._tiny import TINY_VOCAB, tiny_tokenizer
+from ._tiny import finish, tiny_t5_encoder, tiny_tokenizer
 from .spec import ModelSpec, register_spec
 
 
@@ -98,19 +98,13 @@ def tiny_mochi_pipeline(
     no end token, so a prompt of ``n`` known words has ``n`` valid text tokens.
     """
     from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     vae = AutoencoderKLMochi(
         latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
         decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
     )  # fmt: skip
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=TINY_VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, dropout_rate=0.0,
-        )
-    ).eval()  # fmt: skip
+    text_encoder = tiny_t5_encoder(32)
     pipe = MochiPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae,
@@ -118,8 +112,7 @@ def tiny_mochi_pipeline(
         tokenizer=tiny_tokenizer(),
         transformer=tiny_mochi_transformer(num_layers=num_layers),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 MOCHI = register_spec(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from accel.attention_kernels import TokenLayout
 
-from ._tiny import TINY_VOCAB, tiny_tokenizer
+from ._tiny import finish, tiny_t5_encoder, tiny_tokenizer
 from .spec import ModelSpec, register_spec
 
 
@@ -136,7 +136,6 @@ def tiny_pixart_pipeline(
     for the released models). Any text works with the word-level tokenizer (unknown words become ``<unk>``).
     """
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     transformer = tiny_pixart_transformer(
@@ -150,18 +149,7 @@ def tiny_pixart_pipeline(
         layers_per_block=1,
         norm_num_groups=4,
     ).eval()
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=TINY_VOCAB,
-            d_model=text_dim,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            dropout_rate=0.0,
-        )
-    ).eval()
+    text_encoder = tiny_t5_encoder(text_dim)
     cls = PixArtAlphaPipeline if alpha else PixArtSigmaPipeline
     pipe = cls(
         tokenizer=tiny_tokenizer(),
@@ -170,8 +158,7 @@ def tiny_pixart_pipeline(
         transformer=transformer,
         scheduler=DPMSolverMultistepScheduler(),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 PIXART = register_spec(

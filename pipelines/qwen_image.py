@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from accel.attention_kernels import TokenLayout
 
-from ._tiny import TINY_VOCAB, tiny_tokenizer
+from ._tiny import TINY_VOCAB, finish, tiny_tokenizer
 from .spec import ModelSpec, register_spec
 
 # QwenImageTransformer2DModel.forward's positional order, for callers that pass tensors positionally.
@@ -166,8 +166,7 @@ def tiny_qwen_image_pipeline(
             num_layers=num_layers, num_heads=num_heads, head_dim=head_dim, text_dim=text_dim
         ),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 QWEN_IMAGE = register_spec(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from accel.attention_kernels import TokenLayout
 
-from ._tiny import TINY_VOCAB, tiny_tokenizer
+from ._tiny import finish, tiny_t5_encoder, tiny_tokenizer
 from .spec import ModelSpec, register_spec
 
 
@@ -99,7 +99,6 @@ def tiny_wan_pipeline(
         FlowMatchEulerDiscreteScheduler,
         WanPipeline,
     )
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
 
@@ -109,18 +108,7 @@ def tiny_wan_pipeline(
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=TINY_VOCAB,
-            d_model=text_dim,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            dropout_rate=0.0,
-        )
-    ).eval()
+    text_encoder = tiny_t5_encoder(text_dim)
     pipe = WanPipeline(
         transformer=transformer(),
         vae=vae,
@@ -130,8 +118,7 @@ def tiny_wan_pipeline(
         transformer_2=transformer() if two_experts else None,
         boundary_ratio=0.875 if two_experts else None,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 def tiny_wan_i2v_pipeline(*, seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -157,8 +144,7 @@ def tiny_wan_i2v_pipeline(*, seed: int = 0, dtype: torch.dtype = torch.float32):
         image_encoder=encoder,
         transformer=tiny_wan_transformer(in_channels=36, image_dim=8),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+    return finish(pipe, dtype)
 
 
 WAN = register_spec(
