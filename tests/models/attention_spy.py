@@ -1,10 +1,15 @@
-"""Watch what a family's self-attention modules really hand to ``F.scaled_dot_product_attention`` (for the families
-whose processors call it directly: CogVideoX, Mochi), next to what the spec's ``layout_from_inputs`` says about the
-same forward. Used on the untouched pipeline, so the plugin plays no part in what is observed."""
+"""Watching attention calls in the family tests.
+
+- :func:`observed_attention`: what a family's self-attention modules really hand to
+  ``F.scaled_dot_product_attention`` (families whose processors call it directly: CogVideoX, Mochi), next to what the
+  spec's ``layout_from_inputs`` says about the same forward; on the untouched pipeline, so the plugin plays no part.
+- :func:`routed_calls`: what the diffusers router hands the core on an accelerated pipeline.
+"""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 
@@ -45,3 +50,28 @@ def observed_attention(pipe, spec):
         torch.nn.functional.scaled_dot_product_attention = sdpa
         for h in hooks:
             h.remove()
+
+
+class RoutedCall(NamedTuple):
+    """One self-attention call the diffusers router handed the core."""
+
+    q_shape: tuple  # [B, S, H, D]
+    k_shape: tuple
+    layer: int  # the global layer index
+    step: object  # the StepInfo of the forward
+    key_valid: torch.Tensor | None  # key padding read from the call's mask
+
+
+def routed_calls(monkeypatch) -> list[RoutedCall]:
+    """Record every call the router hands :func:`accel.core.attend` inside an accelerated layer, for the test."""
+    import accel.hosts.diffusers as host
+
+    seen, real = [], host.attend
+
+    def spy(q, k, v, step, layer, **kw):
+        if layer is not None:
+            seen.append(RoutedCall(tuple(q.shape), tuple(k.shape), layer.layer.index, step, kw.get("key_valid")))
+        return real(q, k, v, step, layer, **kw)
+
+    monkeypatch.setattr(host, "attend", spy)
+    return seen

@@ -10,27 +10,13 @@ from accel.pipelines.flux import flux_layout, flux_timestep, image_grids
 from accel.pipelines.spec import modules_matching
 
 import accel
-import accel.hosts.diffusers as host
+from tests.models.attention_spy import routed_calls
 from tests.models.harness import SPARSE, call, family_tests, output, spec_named
 
 SPEC = spec_named("flux")
 globals().update(family_tests("flux"))
 
 DRAFT = SPARSE["draft"]
-
-
-def _spy_attend(monkeypatch) -> list:
-    """Record ``(q [B, S, H, D] shape, layer index, StepInfo)`` of every self-attention call the router hands the
-    core."""
-    seen, real = [], host.attend
-
-    def spy(q, k, v, step, layer, **kw):
-        if layer is not None:
-            seen.append((tuple(q.shape), layer.layer.index, step))
-        return real(q, k, v, step, layer, **kw)
-
-    monkeypatch.setattr(host, "attend", spy)
-    return seen
 
 
 def _run(pipe, preset, overrides, **kw):
@@ -51,15 +37,15 @@ def _ids(rows: int, cols: int, index: int = 0) -> torch.Tensor:
 
 def test_layout_matches_every_joint_attention_call(family, monkeypatch):
     pipe, ref = family
-    seen = _spy_attend(monkeypatch)
+    seen = routed_calls(monkeypatch)
     out, s = _run(pipe, "draft", DRAFT)
     t = pipe.transformer
     layers = len(t.transformer_blocks) + len(t.single_transformer_blocks)
     steps = SPEC.tiny_call["num_inference_steps"]
     # True CFG: a cond and an uncond forward per step, each calling every double- and single-stream block once.
     assert len(seen) == 2 * steps * layers
-    assert sorted({i for _, i, _ in seen}) == list(range(layers))
-    for q_shape, _, step in seen:
+    assert sorted({c.layer for c in seen}) == list(range(layers))
+    for q_shape, _, _, step, _ in seen:
         # 16 padded T5 tokens first, then 128 x 192 px -> 8 x 12 packed tokens.
         assert step.layout == TokenLayout(1, 8, 12, 16, "first")
         assert q_shape[1] == step.layout.num_tokens == 16 + 96
@@ -75,11 +61,11 @@ def test_steps_resolve_from_the_scaled_timestep(family, monkeypatch):
     """The transformer gets ``t / 1000``; ``timestep_from_inputs`` gives back the scheduler's timestep, so every
     forward resolves to its step by value (FluxPipeline's cache contexts carry no step index)."""
     pipe, _ = family
-    seen = _spy_attend(monkeypatch)
+    seen = routed_calls(monkeypatch)
     _run(pipe, "draft", DRAFT)
     timesteps = pipe.scheduler.timesteps
     by_step = {}
-    for _, _, step in seen:
+    for *_, step, _ in seen:
         assert step.num_steps == len(timesteps)
         assert step.timestep == pytest.approx(float(timesteps[step.step_index]), rel=1e-5)
         by_step.setdefault(step.step_index, set()).add(step.branch)
@@ -164,10 +150,10 @@ def test_kontext_reference_of_the_same_size_is_a_second_frame(monkeypatch):
     image = torch.rand(1, 3, 128, 192)
     kw = dict(image=image, _auto_resize=False, max_area=128 * 192)
     ref = call(pipe, SPEC, **kw)
-    seen = _spy_attend(monkeypatch)
+    seen = routed_calls(monkeypatch)
     out, s = _run(pipe, "draft", DRAFT, **kw)
-    assert seen and all(step.layout == TokenLayout(2, 8, 12, 16, "first") for _, _, step in seen)
-    assert all(q[1] == 16 + 2 * 96 for q, _, _ in seen)
+    assert seen and all(step.layout == TokenLayout(2, 8, 12, 16, "first") for *_, step, _ in seen)
+    assert all(c.q_shape[1] == 16 + 2 * 96 for c in seen)
     assert s["sparse"] > 0 and s.get("fallback", 0) == 0, s
     assert torch.isfinite(out).all()
     assert torch.equal(call(pipe, SPEC, **kw), ref)

@@ -9,30 +9,17 @@ import torch
 from accel.attention_kernels import TokenLayout, rettention_mask
 
 import accel
-import accel.hosts.diffusers as host
 from accel.methods.rettention import RettentionMethod
+from tests.models.attention_spy import routed_calls
 from tests.models.harness import SMALL, SPARSE, call, family_tests, spec_named
 
 SPEC = spec_named("pixart")
 globals().update(family_tests("pixart"))  # radial and radial+taylorseer: refused (an image has one frame)
 
 
-def _spy_attend(monkeypatch) -> list:
-    """Record ``(q [B, S, H, D] shape, k shape, layout)`` of every self-attention call the router hands the core."""
-    seen, real = [], host.attend
-
-    def spy(q, k, v, step, layer, **kw):
-        if layer is not None:
-            seen.append((tuple(q.shape), tuple(k.shape), step.layout))
-        return real(q, k, v, step, layer, **kw)
-
-    monkeypatch.setattr(host, "attend", spy)
-    return seen
-
-
 def test_layout_matches_the_attention_call_and_only_attn1_is_routed(family, monkeypatch):
     pipe, ref = family
-    seen = _spy_attend(monkeypatch)
+    seen = routed_calls(monkeypatch)
     accel.accelerate(pipe, "rettention", **SPARSE["rettention"])
     try:
         out = call(pipe, SPEC)
@@ -42,7 +29,8 @@ def test_layout_matches_the_attention_call_and_only_attn1_is_routed(family, monk
     steps, layers = SPEC.tiny_call["num_inference_steps"], len(pipe.transformer.transformer_blocks)
     # One routed call per attn1 and step: attn2 (cross-attention to the caption) never reaches the core.
     assert len(seen) == steps * layers
-    for q_shape, k_shape, layout in seen:
+    for q_shape, k_shape, _, step, _ in seen:
+        layout = step.layout
         # Batched CFG: [uncond; cond] in one call; 128 x 192 px -> 16 x 24 latent -> 8 x 12 tokens, no text.
         assert layout == TokenLayout(1, 8, 12)
         assert q_shape[0] == 2 and q_shape[1] == layout.num_tokens == k_shape[1]

@@ -10,27 +10,13 @@ from accel.pipelines.qwen_image import image_grids, qwen_image_layout, qwen_imag
 from accel.pipelines.spec import modules_matching
 
 import accel
-import accel.hosts.diffusers as host
+from tests.models.attention_spy import routed_calls
 from tests.models.harness import SPARSE, call, family_tests, spec_named
 
 SPEC = spec_named("qwen-image")
 globals().update(family_tests("qwen-image"))
 
 DRAFT = SPARSE["draft"]
-
-
-def _spy_attend(monkeypatch) -> list:
-    """Record ``(q [B, S, H, D] shape, key_valid, StepInfo)`` of every self-attention call the router hands the
-    core."""
-    seen, real = [], host.attend
-
-    def spy(q, k, v, step, layer, **kw):
-        if layer is not None:
-            seen.append((tuple(q.shape), kw.get("key_valid"), step))
-        return real(q, k, v, step, layer, **kw)
-
-    monkeypatch.setattr(host, "attend", spy)
-    return seen
 
 
 def _run(pipe, preset, overrides, **kw):
@@ -45,16 +31,16 @@ def _run(pipe, preset, overrides, **kw):
 
 def test_layout_matches_every_joint_attention_call(family, monkeypatch):
     pipe, _ = family
-    seen = _spy_attend(monkeypatch)
+    seen = routed_calls(monkeypatch)
     out, s = _run(pipe, "draft", DRAFT, negative_prompt="w6")
     layers = len(pipe.transformer.transformer_blocks)
     steps = SPEC.tiny_call["num_inference_steps"]
     assert len(seen) == 2 * steps * layers  # true CFG: cond and uncond forwards
     # One prompt per branch: no padding, so no mask, and the text is each prompt's own length after the chat
     # template's first 34 tokens are dropped (12 tokens for "w3 w4 w5", 10 for "w6").
-    text = {step.branch: step.layout.text_len for _, _, step in seen}
+    text = {c.step.branch: c.step.layout.text_len for c in seen}
     assert text == {"cond": 12, "uncond": 10}
-    for q_shape, key_valid, step in seen:
+    for q_shape, _, _, step, key_valid in seen:
         assert key_valid is None
         assert step.layout == TokenLayout(1, 8, 12, text[step.branch], "first")  # 128 x 192 px -> 8 x 12 tokens
         assert q_shape[1] == step.layout.num_tokens
@@ -79,10 +65,10 @@ def test_padded_text_of_a_batch_is_masked_and_still_sparse(monkeypatch):
     masks = []
     real = tq.dispatch_attention_fn
     monkeypatch.setattr(tq, "dispatch_attention_fn", lambda *a, **k: masks.append(k.get("attn_mask")) or real(*a, **k))
-    seen = _spy_attend(monkeypatch)
+    seen = routed_calls(monkeypatch)
     out, s = _run(pipe, "draft", DRAFT, **kw)
     assert masks and all(m is not None and m.dtype == torch.bool and m.shape[1:3] == (1, 1) for m in masks)
-    for q_shape, key_valid, step in seen:
+    for q_shape, _, _, step, key_valid in seen:
         assert q_shape[0] == 2 and q_shape[1] == step.layout.num_tokens
         assert key_valid is not None and not bool(key_valid.all())
         assert bool(key_valid[:, step.layout.video_slice].all())  # only text is ever padded
@@ -95,11 +81,11 @@ def test_steps_resolve_from_the_scaled_timestep(family, monkeypatch):
     """The transformer gets ``t / 1000``; ``timestep_from_inputs`` gives back the scheduler's timestep, so every
     forward resolves to its step by value (the pipeline's cache contexts carry no step index)."""
     pipe, _ = family
-    seen = _spy_attend(monkeypatch)
+    seen = routed_calls(monkeypatch)
     _run(pipe, "draft", DRAFT)
     timesteps = pipe.scheduler.timesteps
     by_step = {}
-    for _, _, step in seen:
+    for *_, step, _ in seen:
         assert step.num_steps == len(timesteps)
         assert step.timestep == pytest.approx(float(timesteps[step.step_index]), rel=1e-5)
         by_step.setdefault(step.step_index, set()).add(step.branch)
