@@ -13,6 +13,7 @@ taken from a recent full-attention step: ``rho = Z_S / Z_full = exp(lse_S - lse_
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -34,6 +35,38 @@ def _rettention_dense(layout: TokenLayout, block_size: int, window_tokens: int, 
     keep = (g.a < g.b) & (g.c_lo < g.c_hi)
     keep &= (g.a <= g.c_hi - 1 + window_tokens) & (g.c_lo <= g.b - 1 + window_tokens)
     return text_dense(g.scatter(keep), layout, block_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _position_band_dense(layout: TokenLayout, block_size: int, window_tokens: int) -> torch.Tensor:
+    """bool ``[NB, NB]`` over the position-major order (:func:`~.sparse_vdit.position_major_permutation`: video slot
+    ``video_start + p * frames + t`` holds within-frame index ``p`` of frame ``t``): a block pair is kept iff some
+    query slot and key slot in it hold within-frame indices at most ``window_tokens`` apart."""
+    nb = math.ceil(layout.num_tokens / block_size)
+    f, start, n_video = layout.frames, layout.video_start, layout.video_tokens
+    lo = (torch.arange(nb) * block_size).clamp(start, start + n_video) - start  # video slots of each block
+    hi = ((torch.arange(nb) + 1) * block_size).clamp(start, start + n_video) - start
+    has_video = hi > lo
+    p_lo = torch.div(lo, f, rounding_mode="floor")  # within-frame index range [p_lo, p_hi] of each block
+    p_hi = torch.div(hi - 1, f, rounding_mode="floor")
+    keep = has_video[:, None] & has_video[None, :]
+    keep &= (p_lo[None, :] <= p_hi[:, None] + window_tokens) & (p_lo[:, None] <= p_hi[None, :] + window_tokens)
+    return text_dense(keep, layout, block_size)
+
+
+def rettention_position_mask(
+    layout: TokenLayout, block_size: int = 128, window_tokens: int = 128, *, device: torch.device | str | None = None
+) -> BlockMask:
+    """Re-ttention's every-frame window (``window_frames=None``) as a :class:`BlockMask` over the **position-major**
+    token order: the same token rule as :func:`rettention_mask`, but there the window repeated in every frame is
+    scattered over every frame pair, while in position-major order it is one band of about ``2 * window_tokens *
+    frames`` slots, so whole blocks waste far less (CogVideoX-2B at 64-token blocks: 15% -> 4% of the map). Apply
+    :func:`~.sparse_vdit.position_major_permutation` to q, k, v and invert it on the output. Cached by its arguments.
+    """
+    if window_tokens < 0:
+        raise ValueError(f"window_tokens must be >= 0, got {window_tokens}")
+    dense = _position_band_dense(layout, int(block_size), int(window_tokens))
+    return cached_block_mask(dense, int(block_size), device_key(device))
 
 
 def rettention_mask(

@@ -18,6 +18,18 @@ from .api import block_sparse_attention
 from .block_mask import BlockMask
 from .layout import TokenLayout
 from .merge import merge_attention
+from .permute import TokenPermutation
+
+
+def permuted_attention(q, k, v, mask: BlockMask, perm: TokenPermutation | None, **kwargs):
+    """:func:`block_sparse_attention` with ``mask`` over the token order ``perm`` gives (None: as they are): q, k, v
+    are permuted before the call, the output (and LSE) inverted after, so callers see the original order."""
+    if perm is None:
+        return block_sparse_attention(q, k, v, mask, **kwargs)
+    res = block_sparse_attention(*(perm.apply(t, dim=1) for t in (q, k, v)), mask, **kwargs)
+    if kwargs.get("return_lse"):
+        return perm.invert(res[0], dim=1), perm.invert(res[1], dim=2)
+    return perm.invert(res, dim=1)
 
 
 def text_split_attention(
@@ -31,8 +43,10 @@ def text_split_attention(
     backend: str = "auto",
     return_lse: bool = False,
     require_keys: bool = False,
+    video_perm: TokenPermutation | None = None,
 ):
-    """q/k/v ``[B, S, H, D]`` over ``layout`` (which has text); ``video_mask`` covers ``layout.video_only()``.
+    """q/k/v ``[B, S, H, D]`` over ``layout`` (which has text); ``video_mask`` covers ``layout.video_only()``, in the
+    order ``video_perm`` gives the video tokens (None: as they are).
 
     Returns ``out [B, S, H, D]`` (and the joint LSE ``[B, H, S]`` fp32 with ``return_lse``). ``require_keys``
     applies to the video mask (see :func:`block_sparse_attention`); the text keys are attended by every query anyway.
@@ -43,8 +57,8 @@ def text_split_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     qv, kv, vv = q[:, vs], k[:, vs], v[:, vs]
     kt, vt = k[:, ts], v[:, ts]
-    o_vv, lse_vv = block_sparse_attention(
-        qv, kv, vv, video_mask, scale=scale, backend=backend, return_lse=True, require_keys=require_keys
+    o_vv, lse_vv = permuted_attention(
+        qv, kv, vv, video_mask, video_perm, scale=scale, backend=backend, return_lse=True, require_keys=require_keys
     )
     bs = video_mask.block_size
     text_keys = BlockMask.full(video_mask.num_q_blocks, -(-layout.text_len // bs), bs, device=q.device)

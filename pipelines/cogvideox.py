@@ -56,10 +56,11 @@ def cogvideox_defaults(pipe) -> dict:
     #   within-frame index (window int(1350 * 0.03125) = 42, half 21, clipped to the frame) in EVERY frame (the
     #   window replicated across all 13 frames): window_tokens=21, window_frames=-1. The script hard-codes the 1,350
     #   tokens of a 480x720 frame; keeping +-21 at other frame sizes and on CogVideoX 1.5 is ours.
-    # The published mask is element-exact (about 3.2% of video x video pairs); the plugin's block mask contains it
-    # and is coarser: on the 13 x 30 x 45 grid with 226 text tokens it keeps about 24% of 128-token blocks (15% of
-    # 64-token, 8% of 16-token ones), frames of 1,350 tokens never aligning with blocks. block_size stays at the
-    # method's default: the published layout needs no particular block size, only the finer blocks pay better.
+    # The published mask is element-exact (5.6% of the whole map with the text rows and columns); the plugin's block
+    # mask contains it. In the natural frame-major order the window repeated in every frame keeps 24% of the map at
+    # 128-token blocks (frames of 1,350 tokens never align with blocks); the method runs it in position-major order
+    # instead, where it is one band: 7.8% at 128-token blocks, 6.7% at 64 (accel/methods/rettention.py plan_mask,
+    # benchmarks/results/mask_density.md). block_size stays at the method's default 128 (ours).
     # Radial, DraftAttention, Sparse-vDiT and TaylorSeer publish no CogVideoX settings: generic defaults apply.
     rettention = {
         "window_tokens": 21,

@@ -8,9 +8,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from accel.attention_kernels.api import TRITON_HEAD_DIMS, EmptyQueryBlockError, block_sparse_attention, resolve_backend
+from accel.attention_kernels.api import TRITON_HEAD_DIMS, EmptyQueryBlockError, resolve_backend
 from accel.attention_kernels.block_mask import BlockMask
-from accel.attention_kernels.text_split import text_split_attention
+from accel.attention_kernels.permute import TokenPermutation
+from accel.attention_kernels.text_split import permuted_attention, text_split_attention
 
 from ..state import LayerKey, Stats, StepInfo
 
@@ -187,23 +188,30 @@ class StaticPlan:
     video: BlockMask | None
     cost: float  # block work, as pays() takes it
     density: float  # kept share of the attention map, for the stats
+    perm: TokenPermutation | None = None  # the token order the joint mask is in (None: as given)
+    video_perm: TokenPermutation | None = None  # the same for the video-only mask
 
     def run(self, q, k, v, layout, *, scale, backend, return_lse=False, require_keys=True):
+        kw = dict(scale=scale, backend=backend, return_lse=return_lse, require_keys=require_keys)
         if self.video is None:
-            return block_sparse_attention(
-                q, k, v, self.mask, scale=scale, backend=backend, return_lse=return_lse, require_keys=require_keys
-            )
-        return text_split_attention(q, k, v, layout, self.video, scale=scale, backend=backend, return_lse=return_lse,
-                                    require_keys=require_keys)  # fmt: skip
+            return permuted_attention(q, k, v, self.mask, self.perm, **kw)
+        return text_split_attention(q, k, v, layout, self.video, video_perm=self.video_perm, **kw)
 
 
-def static_plan(cfg, layout, build: Callable[[object], BlockMask], q) -> StaticPlan:
-    """The faster of the joint call and the text split for a static mask ``build(layout)`` (cached by layout)."""
-    joint = build(layout)
+# Moving q, k, v into a mask's token order and the output back, in dense-call units (Sparse-vDiT's estimate).
+REORDER_COST = 0.02
+
+
+def static_plan(cfg, layout, build: Callable[[object], tuple[BlockMask, TokenPermutation | None]], q) -> StaticPlan:
+    """The faster of the joint call and the text split for a static mask: ``build(layout)`` gives the mask and the
+    token order it is in (None: as given); both cached by layout."""
+    joint, perm = build(layout)
+    reorder = REORDER_COST if perm is not None else 0.0
     if layout.text_len:
-        video = build(layout.video_only())
-        cost = text_split_cost(cfg, layout, joint.density, video.density, q)
+        video, video_perm = build(layout.video_only())
+        cost = text_split_cost(cfg, layout, joint.density + reorder, video.density, q)
         if cost is not None:
             share = (layout.video_tokens / layout.num_tokens) ** 2
-            return StaticPlan(joint, video, cost, share * video.density + 1 - share)
-    return StaticPlan(joint, None, joint.density, joint.density)
+            cost += reorder if video_perm is not None else 0.0
+            return StaticPlan(joint, video, cost, share * video.density + 1 - share, perm, video_perm)
+    return StaticPlan(joint, None, joint.density + reorder, joint.density, perm)

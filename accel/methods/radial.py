@@ -38,7 +38,7 @@ class RadialMethod(WarmupMethod):
         cfg = self.config
         if runs_dense(cfg, step, layer, stats):
             return None
-        plan = static_plan(cfg, step.layout, lambda layout: self.mask_for(layout, q.device), q)
+        plan = static_plan(cfg, step.layout, lambda layout: (self.mask_for(layout, q.device), None), q)
         if plan.mask.density > cfg.max_density:
             stats.add("dense", "mask_too_dense")
             return None

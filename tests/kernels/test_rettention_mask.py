@@ -6,7 +6,8 @@ import time
 import pytest
 import torch
 from accel.attention_kernels import BlockMask, TokenLayout, block_sparse_attention
-from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rettention_mask
+from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rettention_mask, rettention_position_mask
+from accel.attention_kernels.sparse_vdit import position_major_permutation
 
 
 def token_rule(layout, window_tokens, window_frames):
@@ -58,6 +59,21 @@ def test_rettention_mask_matches_brute_force(case, window_frames):
     tok = m.token_mask(layout.num_tokens, layout.num_tokens)[0, 0]
     assert not (token_rule(layout, wt, window_frames) & ~tok).any()
     assert rettention_mask(layout, bs, wt, window_frames) is m
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"f{c[0]}_{c[1]}x{c[2]}_text{c[3]}{c[4]}_bs{c[5]}_w{c[6]}" for c in CASES])
+def test_position_order_mask_matches_brute_force(case):
+    """The every-frame window in position-major order: the token rule moved to permuted slots, then the minimal
+    block cover, exactly."""
+    f, h, w, text_len, text_pos, bs, wt = case
+    layout = TokenLayout(f, h, w, text_len, text_pos)
+    src = position_major_permutation(layout).src  # slot -> original token
+    tok = token_rule(layout, wt, None)[src][:, src]
+    n = math.ceil(layout.num_tokens / bs)
+    pad = n * bs - layout.num_tokens
+    want = torch.nn.functional.pad(tok, (0, pad, 0, pad)).view(n, bs, n, bs).any(3).any(1)
+    got = rettention_position_mask(layout, bs, wt).to_dense()[0, 0]
+    assert torch.equal(got, want), f"{(got != want).sum()} blocks differ"
 
 
 def test_rettention_density_wan_480p():

@@ -58,8 +58,42 @@ def test_the_split_is_chosen_where_it_is_estimated_faster(layout, split):
     cfg = RettentionConfig().with_defaults({})  # auto: flex on CPU
     method = RettentionMethod(cfg)
     q = torch.empty(1, layout.num_tokens, 1, 64)
-    plan = static_plan(cfg, layout, lambda lay: method.mask_for(lay, "cpu"), q)
+    plan = static_plan(cfg, layout, lambda lay: method.plan_mask(lay, "cpu"), q)
     assert (plan.video is not None) == split
     if split:  # reported density: the kept share of the map, text whole
         share = (layout.video_tokens / layout.num_tokens) ** 2
         assert plan.density == pytest.approx(share * plan.video.density + 1 - share)
+
+
+@pytest.mark.parametrize("backend", ["reference", "gather"])
+@pytest.mark.parametrize("text", [0, 10])
+def test_every_frame_window_runs_in_position_order_and_returns_the_original_order(backend, text):
+    """Re-ttention with its window in every frame (CogVideoX's published mask) plans on the position-major order
+    when that keeps fewer blocks; q, k, v go in and come out in the original order, LSE included."""
+    from accel.attention_kernels.sparse_vdit import position_major_permutation
+
+    from accel.config import RettentionConfig
+    from accel.methods.rettention import RettentionMethod
+
+    layout = TokenLayout(6, 4, 8, text, "first" if text else "none")  # 192 video tokens; 16-token blocks
+    cfg = RettentionConfig(window_tokens=2, window_frames=-1, block_size=16, backend=backend, min_speedup=0)
+    method = RettentionMethod(cfg.with_defaults({}))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, layout.num_tokens, 2, 16, generator=g) for _ in range(3))
+    plan = static_plan(method.config, layout, lambda lay: method.plan_mask(lay, "cpu"), q)
+    assert plan.perm is not None and plan.mask.density < method.mask_for(layout, "cpu").density
+    if plan.video is None:  # one joint call in position order
+        slots = position_major_permutation(layout).slots
+        allowed = plan.mask.token_mask(layout.num_tokens, layout.num_tokens)[0, 0][slots][:, slots]
+    else:  # the text split (chosen with text here), its video part in position order
+        assert plan.video_perm is not None
+        n, vs = layout.video_tokens, layout.video_slice
+        slots = position_major_permutation(layout.video_only()).slots
+        allowed = torch.ones(layout.num_tokens, layout.num_tokens, dtype=torch.bool)
+        allowed[vs, vs] = plan.video.token_mask(n, n)[0, 0][slots][:, slots]
+    s = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) * 16**-0.5
+    s = s.masked_fill(~allowed, float("-inf"))
+    want = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v.double())
+    out, lse = plan.run(q, k, v, layout, scale=None, backend=backend, return_lse=True)
+    torch.testing.assert_close(out.double(), want, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1), atol=2e-5, rtol=1e-5)
