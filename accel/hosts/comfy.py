@@ -11,7 +11,8 @@ the weights are shared):
 - a ``DIFFUSION_MODEL`` wrapper (:meth:`ComfyHost.diffusion_model_wrapper`): one per transformer forward, it reads
   the token grid from the latent ``x [B, C, T, H, W]`` / ``[B, C, H, W]`` and the diffusion model's
   ``patch_size``, the text length from the conditioning, the step from ``transformer_options["sigmas"]`` against
-  ``["sample_sigmas"]`` (a Wan 2.2 stage's slice works: the stage is its own schedule) and the guidance branch from
+  ``["sample_sigmas"]`` (a Wan 2.2 stage's slice works: the stage is its own schedule; a multi-stage sampler's call
+  between two entries belongs to the step it starts from, :func:`schedule_step`) and the guidance branch from
   ``["cond_or_uncond"]``, and makes that forward's :class:`_Forward` current for the attention calls.
 - an ``OUTER_SAMPLE`` wrapper: per sampling run, every per-run state (step counting, Re-ttention's cache, TaylorSeer's
   ladders, the counters) starts afresh, and a one-line summary is logged at the end.
@@ -53,7 +54,7 @@ from ..config import AccelConfig, resolve_config, torch_dtype
 from ..core import attend, call_layout, key_mask
 from ..errors import ConfigError, StateError, UnsupportedModelError
 from ..state import LayerKey, LayerPlan, Stats, StepInfo
-from ..steps import StepResolver
+from ..steps import RELATIVE_TOLERANCE, StepResolver
 
 log = logging.getLogger("accel.comfy")
 
@@ -198,6 +199,24 @@ class _Forward:
 _FORWARD: ContextVar[_Forward | None] = ContextVar("accel_comfy_forward", default=None)
 
 
+def schedule_step(schedule: torch.Tensor | None, sigma: float | None) -> int | None:
+    """The step of ``schedule`` (``sample_sigmas``, ``num_steps + 1`` entries) that a forward at ``sigma`` belongs
+    to: the entry it matches (within :data:`accel.steps.RELATIVE_TOLERANCE`), else the step whose interval
+    ``[sigmas[i], sigmas[i + 1]]`` holds it: ComfyUI's multi-stage samplers (dpmpp_2s_ancestral, dpmpp_sde,
+    res_2s, ...) also call the model at sigmas between two schedule entries. None when ``sigma`` is outside."""
+    if sigma is None or schedule is None or schedule.numel() < 2:
+        return None
+    s = schedule.detach().float().cpu().flatten()
+    diff = (s - sigma).abs()
+    i = int(diff.argmin())
+    if float(diff[i]) <= max(1e-3, RELATIVE_TOLERANCE * abs(sigma)):
+        return i
+    for j in range(s.numel() - 1):
+        if min(s[j], s[j + 1]) <= sigma <= max(s[j], s[j + 1]):
+            return j
+    return None
+
+
 def branch_of(cond_or_uncond) -> str:
     """The guidance branch of a batch: ComfyUI marks each batch chunk 0 (positive) or 1 (negative)."""
     kinds = set(cond_or_uncond or ())
@@ -322,11 +341,15 @@ class ComfyHost:
         sigmas = to.get("sigmas")
         sigma = float(sigmas.detach().float().max()) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
         schedule = to.get("sample_sigmas")
+        schedule = schedule if isinstance(schedule, torch.Tensor) else None
+        index = schedule_step(schedule, sigma)
         return self.resolver.resolve(
             layout,
             branch=branch_of(to.get("cond_or_uncond")),
+            step_index=index,
+            num_steps=None if index is None else schedule.numel() - 1,
             sigma=sigma,
-            sigmas=schedule if isinstance(schedule, torch.Tensor) else None,
+            sigmas=schedule,
         )
 
     # ---- the attention override -------------------------------------------------------------------------------
@@ -487,7 +510,15 @@ class BlockCache:
             st = None  # a new run in the same state (sampling driven without OUTER_SAMPLE)
         shapes = {n: tuple(t.shape) for n, t in args.items() if isinstance(t, torch.Tensor) and n in ("img", "txt")}
         if step.full or st is None or st["shapes"] != shapes:
+            # ComfyUI's Flux / HunyuanVideo blocks add to their txt (double) and img (single) inputs in place: keep
+            # the inputs, or the residual would read zero.
+            inputs = {n: args[n].clone() for n in shapes}
             out = run()
+            self.host.stats.add("cache:computed")
+            if st is not None and st["shapes"] == shapes and st["step"] == step.step_index:
+                # A second call in the same step (Heun's correction, dpmpp_2s / dpmpp_sde stages): the step's
+                # first value stays on the ladder (a zero gap would drop its differences).
+                return out
             if st is None or st["shapes"] != shapes:
                 st = self.states[key] = {"ladders": {}, "shapes": shapes, "step": None}
             pos = step.position(self.cfg.distance)
@@ -496,9 +527,8 @@ class BlockCache:
                 if name in shapes and isinstance(value, torch.Tensor) and tuple(value.shape) == shapes[name]:
                     lad = st["ladders"].setdefault(name, TaylorLadder(self.cfg.order, self.cfg.distance,
                                                                       self.factor_dtype))  # fmt: skip
-                    lad.update(value - args[name], pos, diffs)
+                    lad.update(value - inputs[name], pos, diffs)
             st["step"] = step.step_index
-            self.host.stats.add("cache:computed")
             return out
         st["step"] = step.step_index
         self.host.stats.add("cache:predicted")
@@ -656,6 +686,7 @@ __all__ = [
     "format_stats",
     "host_of",
     "model_stats",
+    "schedule_step",
     "text_position",
     "token_grid",
 ]

@@ -243,7 +243,12 @@ def _v3_nodes():
                     io.Model.Input("model", tooltip="The MODEL that came out of 'Diffusion Fast: Accelerate Model'."),
                     io.Latent.Input("latent", tooltip="The sampler's output: the report runs after sampling."),
                 ],
-                outputs=[io.Latent.Output("latent"), io.String.Output("report")],
+                # v3 ids must differ from the inputs' (ComfyUI refuses the node otherwise); outputs are named by
+                # display_name (else by type)
+                outputs=[
+                    io.Latent.Output("latent_out", display_name="latent"),
+                    io.String.Output("report", display_name="report"),
+                ],
             )
 
         @classmethod

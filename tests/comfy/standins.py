@@ -13,7 +13,8 @@ Own minimal re-implementations of ComfyUI's documented behaviour (0.3.60+), not 
 - toy diffusion models with ComfyUI's class names, forward signatures, attention calls and block replace points:
   ``WanModel`` (self-attention ``[B, L, H*D]`` with ``heads=`` keyword, separate cross-attention), ``Flux`` (joint
   ``[B, H, L, D]``, text first) and ``HunyuanVideo`` (joint, ``flipped_img_txt``: image first, text last; a text-only
-  refiner call with a mask first; optional padded-text key mask).
+  refiner call with a mask first; optional padded-text key mask). Like ComfyUI's Flux ``DoubleStreamBlock`` and
+  ``SingleStreamBlock``, the joint blocks add to their ``txt`` (double) and ``img`` (single) inputs in place.
 - ``sample(...)``: the sampling path: OUTER_SAMPLE wrappers around a run, per forward ``transformer_options`` holding
   ``sample_sigmas``, ``sigmas``, ``cond_or_uncond`` and the patcher's wrappers; batched or separate cond/uncond.
 """
@@ -261,7 +262,8 @@ class _DoubleBlock(nn.Module):
         n = img.shape[1] if self.flipped_img_txt else txt.shape[1]
         a1, a2 = attn[:, :n], attn[:, n:]
         img_a, txt_a = (a1, a2) if self.flipped_img_txt else (a2, a1)
-        return img + self.img_out(img_a), txt + self.txt_out(txt_a)
+        txt += self.txt_out(txt_a)  # in place on the block's input, as ComfyUI's DoubleStreamBlock does
+        return img + self.img_out(img_a), txt
 
 
 class _SingleBlock(nn.Module):
@@ -274,7 +276,8 @@ class _SingleBlock(nn.Module):
         b, L, _ = x.shape
         q, k, v = self.qkv(x + vec[:, None]).view(b, L, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         attn = _joint_attention(q, k, v, self.heads, attn_mask, transformer_options)
-        return x + self.out(attn) + torch.tanh(self.mlp(x))
+        x += self.out(attn) + torch.tanh(self.mlp(x))  # in place on the block's input, as ComfyUI's SingleStreamBlock
+        return x
 
 
 class _JointModel(nn.Module):
@@ -457,11 +460,14 @@ def _nested_copy(d):
     }
 
 
-def sample(mp: ModelPatcher, noise, sigmas, cond, uncond, *, cfg=3.0, batched=True, extra=None, timestep_scale=1000):
+def sample(mp: ModelPatcher, noise, sigmas, cond, uncond, *, cfg=3.0, batched=True, extra=None, timestep_scale=1000,
+           midpoint=False):  # fmt: skip
     """Euler over ``sigmas`` with classifier-free guidance; ``cond``/``uncond`` are the text contexts ``[1, L, C]``.
 
     ``batched``: cond and uncond in one forward (``cond_or_uncond [0, 1]``), else two forwards.
     ``extra``: more keyword arguments of the diffusion model's forward.
+    ``midpoint``: a second-order step that also calls the model halfway between two schedule entries, at a sigma
+    that is not in ``sample_sigmas`` (as ComfyUI's dpmpp_2s_ancestral and dpmpp_sde do).
     """
     model_options = copy.deepcopy(mp.model_options)
     to_base = model_options.setdefault("transformer_options", {})
@@ -482,14 +488,22 @@ def sample(mp: ModelPatcher, noise, sigmas, cond, uncond, *, cfg=3.0, batched=Tr
     def outer(noise, sigmas):
         to_base["sample_sigmas"] = sigmas
         x = noise
-        for i in range(len(sigmas) - 1):
-            s = sigmas[i : i + 1]
+
+        def guided(x, s):
             if batched:
                 c, u = forward(torch.cat([x, x]), s, [cond, uncond], [0, 1]).chunk(2)
             else:
                 c = forward(x, s, [cond], [0])
                 u = forward(x, s, [uncond], [1])
-            x = x + (sigmas[i + 1] - sigmas[i]) * (u + cfg * (c - u))
+            return u + cfg * (c - u)
+
+        for i in range(len(sigmas) - 1):
+            s = sigmas[i : i + 1]
+            d = guided(x, s)
+            if midpoint:
+                mid = (sigmas[i : i + 1] + sigmas[i + 1 : i + 2]) / 2
+                d = guided(x + (mid - s) * d, mid)
+            x = x + (sigmas[i + 1] - sigmas[i]) * d
         return x
 
     ws = get_all_wrappers(WrappersMP.OUTER_SAMPLE, model_options, is_model_options=True)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from accel.attention_kernels import TokenLayout, radial_mask
 
-from accel.hosts.comfy import ComfyHost, accelerate_model, branch_of, host_of, model_stats
+from accel.hosts.comfy import ComfyHost, accelerate_model, branch_of, host_of, model_stats, schedule_step
 from tests.comfy import standins as s
 
 # Small blocks and no speed check, so that sparse calls really happen on toy sizes; the dense oracle backend.
@@ -263,3 +263,48 @@ def test_taylorseer_predicts_blocks_and_resets_per_run():
         assert run2["runs"] == 2
         dense = s.sample(mp, x, sigmas, cond, uncond)
         assert torch.isfinite(first).all() and (first - dense).abs().max() < 0.5 * dense.abs().max()
+
+
+def test_calls_between_schedule_entries_belong_to_their_step():
+    # ComfyUI's dpmpp_2s_ancestral / dpmpp_sde also call the model at sigmas between two sample_sigmas entries.
+    sched = torch.tensor([1.0, 0.8, 0.5, 0.2, 0.0])
+    sigmas = (1.0, 0.9, 0.8, 0.65, 0.5, 0.3, 0.2, 0.1)
+    assert [schedule_step(sched, x) for x in sigmas] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert schedule_step(sched, 0.8 * (1 - 1e-4)) == 1  # a schedule entry in another dtype
+    assert schedule_step(sched, 1.5) is None and schedule_step(None, 0.5) is None
+
+    clone = accelerate_model(s.patcher("wan"), "radial+taylorseer", dense_step_fraction=0.2, interval=2, **SPARSE)
+    host = host_of(clone)
+    seen = []
+    resolve = host.resolver.resolve
+
+    def record(*a, **kw):
+        info = resolve(*a, **kw)
+        seen.append((info.step_index, info.num_steps))
+        return info
+
+    host.resolver.resolve = record
+    out = s.sample(clone, torch.randn(1, 4, 4, 8, 16), SIGMAS, *_ctx(), midpoint=True)
+    assert seen == [(i, 5) for i in range(5) for _ in range(2)]
+    st = model_stats(clone)
+    assert torch.isfinite(out).all() and st["sparse"] > 0 and st["cache:predicted"] > 0, st
+
+
+def test_taylorseer_residuals_survive_blocks_that_add_in_place(monkeypatch):
+    # ComfyUI's Flux / HunyuanVideo blocks add to their txt (double) and img (single) inputs in place: the residual
+    # of every stream must still be what the block added, not zero.
+    from accel.caches.taylorseer import TaylorLadder
+
+    residuals = []
+    update = TaylorLadder.update
+
+    def spy(self, value, position, differences=True):
+        residuals.append(float(value.abs().max()))
+        return update(self, value, position, differences)
+
+    monkeypatch.setattr(TaylorLadder, "update", spy)
+    for kind, latent in [("flux", (1, 4, 8, 8)), ("hunyuan", (1, 4, 2, 4, 8))]:
+        clone = accelerate_model(s.patcher(kind), "taylorseer", interval=2, warmup_steps=1, order=1)
+        s.sample(clone, torch.randn(*latent), SIGMAS, *_ctx())
+    # 2 models x 3 full steps x (double img + txt, single img)
+    assert len(residuals) == 18 and min(residuals) > 0, residuals

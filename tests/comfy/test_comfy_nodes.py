@@ -75,9 +75,15 @@ def _io_standin():
     def kind(name):
         return types.SimpleNamespace(Input=type(f"{name}In", (_Widget,), {}), Output=type(f"{name}Out", (_Widget,), {}))
 
+    def schema(**kw):
+        # ComfyUI refuses a node (and reports it while loading) whose input and output ids are not all distinct
+        ids = [w.id for w in kw.get("inputs", []) + kw.get("outputs", [])]
+        assert len(ids) == len(set(ids)), f"ids must be unique between inputs and outputs: {ids}"
+        return types.SimpleNamespace(**kw)
+
     io = types.SimpleNamespace(
         ComfyNode=type("ComfyNode", (), {}),
-        Schema=lambda **kw: types.SimpleNamespace(**kw),
+        Schema=schema,
         NodeOutput=lambda *args, ui=None: types.SimpleNamespace(args=args, ui=ui),
         **{n: kind(n) for n in ("Model", "Combo", "Float", "Int", "Boolean", "String", "Latent")},
     )
@@ -97,6 +103,9 @@ def test_v3_entry_point_when_comfy_api_exists(monkeypatch):
         assert set(schemas) == {nodes.ACCELERATE_ID, nodes.STATS_ID}
         acc = schemas[nodes.ACCELERATE_ID]
         assert [i.id for i in acc.inputs][:2] == ["model", "preset"]
+        stats = schemas[nodes.STATS_ID]
+        # ComfyUI names a v3 output by its display_name (else by its type): the same names as the classic node's
+        assert [o.kw.get("display_name") for o in stats.outputs] == list(nodes.StatsNode.RETURN_NAMES)
         out = listed[0].execute(s.patcher("wan"), preset="dense")
         assert host_of(out.args[0]).config.name == "dense"
     finally:
