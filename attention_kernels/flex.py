@@ -76,12 +76,17 @@ def flex_block_sparse(
         from .cpu_gather import gather_block_sparse
 
         return gather_block_sparse(q, k, v, mask, scale)
+    return _flex_call(q, k, v, mask, scale, return_lse)
+
+
+# A compiler boundary: a caller inside a compiled region (torch.compile of code that calls block_sparse_attention
+# directly; accel's own hooks reach the kernels through a custom op and never trace them) gets one graph break here
+# instead of flex_attention traced into its graph. Traced, the outer backend decides how flex runs, and
+# ``aot_eager``'s eager flex ignores index-built block masks (torch 2.13): the output would silently be dense.
+@torch.compiler.disable
+def _flex_call(q, k, v, mask: BlockMask, scale: float, return_lse: bool):
     fbm = _flex_block_mask(mask, q.shape[1], k.shape[1], q.device)
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-    if torch.compiler.is_compiling():
-        from torch.nn.attention.flex_attention import flex_attention as fn  # the outer graph compiles it
-    else:
-        fn = _compiled_flex()
     kwargs = {}
     if q.device.type == "cpu" and mask.key_valid is None:
         # Our mask_mod is a no-op and the CPU template handles ragged tails by size, so skip evaluating it. (With
@@ -91,13 +96,10 @@ def flex_block_sparse(
         from torch.nn.attention.flex_attention import AuxRequest
 
         kwargs["return_aux"] = AuxRequest(lse=True)
-    if torch.compiler.is_compiling():
-        res = fn(qt, kt, vt, block_mask=fbm, scale=scale, **kwargs)
-    else:
-        # Never let dynamo fall back to eager flex silently after too many recompiles: its eager path does not
-        # honour index-built block masks (torch 2.13), so a fallback would be wrong rather than slow.
-        with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
-            res = fn(qt, kt, vt, block_mask=fbm, scale=scale, **kwargs)
+    # Never let dynamo fall back to eager flex silently after too many recompiles: its eager path does not honour
+    # index-built block masks (torch 2.13), so a fallback would be wrong rather than slow.
+    with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+        res = _compiled_flex()(qt, kt, vt, block_mask=fbm, scale=scale, **kwargs)
     if return_lse:
         out, aux = res
         return out.transpose(1, 2), aux.lse.float()

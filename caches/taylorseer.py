@@ -101,6 +101,7 @@ class TaylorState(BaseState):
         self.input_shape: tuple | None = None
         self.run_full = True
         self.stack_input: torch.Tensor | None = None
+        self.step = None  # lite mode: this forward's StepInfo, for the last block
 
     @property
     def ready(self) -> bool:
@@ -198,19 +199,42 @@ class TaylorSeerHook(_CacheHookBase):
         super().__init__(config, schedule, step_source, count, meter)
         self.state_manager = StateManager(TaylorState, init_kwargs={"meter": meter})
 
+    # torch.compile: the decision, the ladders and the prediction read Python state that changes every step (step
+    # index, positions, counters). This frame is a compiler boundary and its host-side parts are never traced; the
+    # module's own forward is compiled as its own frame. Under compilation that is one graph break before and one
+    # after each cached module, and no recompilation per step.
+    @torch.compiler.disable(recursive=False)
     def new_forward(self, module, *args, **kwargs):
+        begun = self._begin(args, kwargs)
+        if begun is None or begun[0]:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+            if begun is not None:
+                self._finish(begun, out)
+            return out
+        return self._predicted(begun, args, kwargs)
+
+    @torch.compiler.disable
+    def _begin(self, args, kwargs):
+        """None: pass through; else ``(compute, step, state, input_shape)``."""
         step = self.step_source()
         if step is None:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return None
         state = self._state(step)
         first = args[0] if args else next(iter(kwargs.values()), None)
         in_shape = tuple(first.shape) if isinstance(first, torch.Tensor) else None
-        if self._decide(step, state, in_shape):
-            out = self.fn_ref.original_forward(*args, **kwargs)
-            self._store(state, out, step, in_shape)
-            self.count("cache:computed")
-            return out
+        return self._decide(step, state, in_shape), step, state, in_shape
+
+    @torch.compiler.disable
+    def _finish(self, begun, out) -> None:
+        _, step, state, in_shape = begun
+        self._store(state, out, step, in_shape)
+        self.count("cache:computed")
+
+    @torch.compiler.disable
+    def _predicted(self, begun, args, kwargs):
+        _, step, state, _ = begun
         self.count("cache:predicted")
+        first = args[0] if args else next(iter(kwargs.values()), None)
         dtype = first.dtype if isinstance(first, torch.Tensor) else torch.float32
         return self._predict(state, step, dtype)
 
@@ -227,25 +251,44 @@ class LiteBlockHook(_CacheHookBase):
         self.position = position  # "first", "middle", "last" (or "only")
         self.state_manager = shared  # one StateManager shared by all blocks of the stack
 
+    @torch.compiler.disable(recursive=False)  # a compiler boundary, as TaylorSeerHook.new_forward
     def new_forward(self, module, *args, **kwargs):
-        step = self.step_source()
-        if step is None:
-            return self.fn_ref.original_forward(*args, **kwargs)
         hs = args[0] if args else kwargs["hidden_states"]
-        first = self.position in ("first", "only")
-        last = self.position in ("last", "only")
-        state = self._state(step) if first else self.state_manager.get_state()
-        if first:
-            state.run_full = self._decide(step, state, tuple(hs.shape))
-            state.stack_input = hs
-            self.count("cache:computed" if state.run_full else "cache:predicted")
+        state = self._begin(hs)
+        if state is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
         if state.run_full:
             out = self.fn_ref.original_forward(*args, **kwargs)
-            if last:
-                self._store(state, out - state.stack_input, step, tuple(state.stack_input.shape))
-                state.stack_input = None
+            if self.position in ("last", "only"):
+                self._finish(state, out)
             return out
-        if last:
-            state.stack_input = None
-            return hs + self._predict(state, step, hs.dtype)
-        return hs
+        return self._skipped(state, hs)
+
+    @torch.compiler.disable
+    def _begin(self, hs):
+        """This forward's shared state (None: pass through); the first block decides for the whole stack."""
+        step = self.step_source()
+        if step is None:
+            return None
+        if self.position not in ("first", "only"):
+            state = self.state_manager.get_state()
+            state.step = step
+            return state
+        state = self._state(step)
+        state.step = step
+        state.run_full = self._decide(step, state, tuple(hs.shape))
+        state.stack_input = hs
+        self.count("cache:computed" if state.run_full else "cache:predicted")
+        return state
+
+    @torch.compiler.disable
+    def _finish(self, state, out) -> None:
+        self._store(state, out - state.stack_input, state.step, tuple(state.stack_input.shape))
+        state.stack_input = None
+
+    @torch.compiler.disable
+    def _skipped(self, state, hs):
+        if self.position not in ("last", "only"):
+            return hs
+        state.stack_input = None
+        return hs + self._predict(state, state.step, hs.dtype)

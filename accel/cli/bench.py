@@ -100,6 +100,7 @@ def cmd_bench(args) -> int:
                 "guidance_scale": request.guidance_scale,
                 "dtype": request.dtype_name,
                 "cpu_offload": request.cpu_offload,
+                "compile": request.compile,
                 "warmup": args.warmup,
                 "repeats": args.repeats,
                 "overrides": request.overrides_by_preset,

@@ -107,6 +107,15 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image", help="input image for image-to-video pipelines (e.g. WanImageToVideoPipeline)")
 
 
+def _add_compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the denoiser(s) after applying the preset (regional: the repeated transformer blocks, "
+        "where the model declares them); the first run compiles (minutes on CPU for large models)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from accel import __version__
 
@@ -149,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fps", type=positive_float, help="video frame rate (default: the model's, Wan 16)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes; only the summary line")
     _add_model_args(r)
+    _add_compile_arg(r)
     _add_generation_args(r)
 
     b = sub.add_parser(
@@ -176,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="PATH.png", help="write a PNG: frame strips and a speed/quality chart")
     b.add_argument("-q", "--quiet", action="store_true", help="no per-run progress lines")
     _add_model_args(b)
+    _add_compile_arg(b)
     _add_generation_args(b)
 
     c = sub.add_parser(

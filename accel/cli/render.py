@@ -11,6 +11,7 @@ from .request import read_prompts, resolve_request, with_default_preset
 from .runner import (
     apply_preset,
     attention_text,
+    compile_denoisers,
     compile_notice,
     config_text,
     load,
@@ -47,6 +48,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     pipe = load(request, quiet)
     accelerated = apply_preset(pipe, args.preset, config, request.overrides_by_preset[args.preset])
     resolved = accel.accel_config(pipe) if accelerated else None
+    if request.compile:  # after accelerate, which refuses a compiled transformer
+        note(f"torch.compile ({', '.join(compile_denoisers(pipe))}): the first run compiles", quiet)
     note(
         f"{request.source.describe()} on {request.device} ({request.dtype_name}), ready in "
         f"{time.perf_counter() - t_load:.1f} s; preset {args.preset}: {config_text(resolved)}",

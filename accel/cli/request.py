@@ -51,6 +51,7 @@ class Request:
     notes: list[str] = field(default_factory=list)
     output_type: str = "np"  # "np": decoded frames in [0, 1]; "latent": the denoiser's output, no VAE decode
     call_extra: dict[str, Any] = field(default_factory=dict)  # further pipeline keyword arguments
+    compile: bool = False  # torch.compile the denoiser(s) after accelerate (runner.compile_denoisers)
 
     def call_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the pipeline call (besides prompt, generator and callbacks)."""
@@ -481,6 +482,7 @@ def build_request(
     image: str | None = None,
     output_type: str = "np",
     call_extra: dict[str, Any] | None = None,
+    compile: bool = False,
     check_plans: bool = True,
     before_load=None,
 ) -> tuple[Request, dict[str, Any]]:
@@ -619,6 +621,7 @@ def build_request(
         notes=notes,
         output_type=output_type,
         call_extra=dict(call_extra or {}),
+        compile=compile,
     )
     return request, configs
 
@@ -643,6 +646,7 @@ def resolve_request(
         seed=args.seed,
         fps=getattr(args, "fps", None),
         image=args.image,
+        compile=bool(getattr(args, "compile", False)),
         check_plans=check_plans,
         before_load=before_load,
     )

@@ -78,6 +78,43 @@ def apply_preset(pipe, preset: str, config, overrides: dict[str, Any]) -> bool:
     return True
 
 
+def compile_denoisers(pipe, **compile_kwargs) -> list[str]:
+    """torch.compile each denoiser of ``pipe`` in place (after ``accelerate``: it refuses compiled transformers):
+    regional compilation of the repeated blocks where the model declares them (``_repeated_blocks``, diffusers'
+    recommendation: one block compiled and reused), else the whole module. Returns ``"name: regional|whole"`` each.
+
+    Every hooked block is its own compile (dynamo guards each module's hooked ``forward`` by identity), so the
+    recompile limit is raised to the block count; it does not grow with the step count.
+    """
+    import torch
+
+    from accel.pipelines import denoisers
+
+    done = []
+    for name, module in denoisers(pipe):
+        blocks = getattr(module, "_repeated_blocks", None)
+        if blocks:
+            n = sum(type(m).__name__ in blocks for m in module.modules())
+            limit = torch._dynamo.config.recompile_limit
+            torch._dynamo.config.recompile_limit = max(limit, 2 * n + 8)
+            module.compile_repeated_blocks(**compile_kwargs)
+            done.append(f"{name}: regional")
+        else:
+            module.compile(**compile_kwargs)
+            done.append(f"{name}: whole")
+    return done
+
+
+def uncompile_denoisers(pipe) -> None:
+    """Undo :func:`compile_denoisers` (module.compile() in place), so another preset can be applied (bench)."""
+    from accel.pipelines import denoisers
+
+    for _, module in denoisers(pipe):
+        for m in module.modules():
+            if getattr(m, "_compiled_call_impl", None) is not None:
+                m._compiled_call_impl = None
+
+
 def sparse_calls_expected(pipe, request: Request, resolved) -> bool:
     """Whether the resolved config can make any sparse attention call on this request (so a kernel may compile)."""
     spec = request.source.spec
@@ -442,6 +479,8 @@ def compare(
     outputs: dict[str, Any] = {}
     for preset in presets:
         accelerated = apply_preset(pipe, preset, configs[preset], request.overrides_by_preset[preset])
+        if request.compile:  # after accelerate, which refuses a compiled transformer; undone below
+            compile_denoisers(pipe)
         try:
             resolved = accel.accel_config(pipe) if accelerated else None
             for w in range(warmup):
@@ -464,6 +503,8 @@ def compare(
         finally:
             if accelerated:
                 accel.disable(pipe)
+            if request.compile:
+                uncompile_denoisers(pipe)
         outputs[preset] = res.frames
         t = statistics.median(times)
         d = statistics.median(denoise) if denoise else None

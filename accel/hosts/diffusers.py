@@ -7,10 +7,17 @@ Per attention call (files in order): the model's processor calls its attention (
 parallelism, ...) and calls :func:`accel.core.attend` with the StepInfo the :class:`StepHook` resolved
 (:mod:`accel.steps`) and the LayerPlan the :class:`LayerHook` made current; the method (``accel.methods``) returns
 the output or None, and then the original attention runs.
+
+Under ``torch.compile`` (whole transformer or regional, ``compile_repeated_blocks``; see "torch.compile" below) the
+same code runs, but outside the compiled graphs: the hooks' host-side parts are compiler boundaries, and inside a
+compiled attention module the router emits one opaque custom op per attention call whose implementation is the
+eager router above. Decisions, masks, counters and method state never enter a graph, so nothing per-step is
+guarded and the compiled output is the eager accelerated output.
 """
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable
 
@@ -69,26 +76,48 @@ class StepHook(di.ModelHook):
             key_valid=self.spec.key_valid_from_inputs(module, args, kwargs),
         )
 
+    @torch.compiler.disable(recursive=False)
     def new_forward(self, module, *args, **kwargs):
-        if not self.active():
+        # A compiler boundary (this frame only): under torch.compile(transformer) the step resolution below reads
+        # Python state that changes every step (cache context, scheduler, ``timestep.item()``), which would break
+        # the graph several times and recompile per step. Skipping this frame costs one deliberate graph break per
+        # forward; ``original_forward`` (the model) is compiled as its own frame.
+        entered = self._enter(module, args, kwargs)
+        if entered is None:
             return self.fn_ref.original_forward(*args, **kwargs)
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            self._exit(module, entered)
+
+    @torch.compiler.disable
+    def _enter(self, module, args, kwargs):
+        """Host side, never traced: open a cache context if none is open and make this forward's StepInfo current;
+        returns what :meth:`_exit` undoes, or None when the owner is not running."""
+        if not self.active():
+            return None
         # Pipelines that open no cache context (PixArt, ...) get one, so stateful hooks below keep their state.
         opened = di.current_context(self.state_manager) is None
         if opened:
             di.set_cache_context(module, di.CacheContext("default"))
-        token = CURRENT_STEP.set(self.step_info(module, args, kwargs))
-        try:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        finally:
-            CURRENT_STEP.reset(token)
-            if opened:
-                di.set_cache_context(module, None)
+        return CURRENT_STEP.set(self.step_info(module, args, kwargs)), opened
+
+    @torch.compiler.disable
+    def _exit(self, module, entered) -> None:
+        token, opened = entered
+        CURRENT_STEP.reset(token)
+        if opened:
+            di.set_cache_context(module, None)
 
     def reset_state(self, module):
         self.resolver.reset()
         for fn in self.on_reset:
             fn()
         return module
+
+
+_LAYER_HOOKS: dict[int, weakref.ref] = {}  # uid -> LayerHook, for the compiled attention op
+_UIDS = itertools.count()
 
 
 class LayerHook(di.ModelHook):
@@ -98,8 +127,18 @@ class LayerHook(di.ModelHook):
         super().__init__()
         self.plan = plan
         self.active = active
+        self.uid = next(_UIDS)  # names this layer in compiled graphs (see _compiled_call)
+        _LAYER_HOOKS[self.uid] = weakref.ref(self)
 
     def new_forward(self, module, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            # Traced: ContextVars cannot be traced (a graph break each), so the layer travels to the router on a
+            # plain list that only exists while tracing; the router puts its uid into the graph as a constant.
+            _TRACING.append(_TracedLayer(self.uid))
+            try:
+                return self.fn_ref.original_forward(*args, **kwargs)
+            finally:
+                _TRACING.pop()
         if not self.active():
             return self.fn_ref.original_forward(*args, **kwargs)
         token = CURRENT_LAYER.set(self.plan.for_forward())
@@ -155,6 +194,8 @@ def _routed(layer, q, k, v, attn_mask, scale):
 
 def route_dispatch(original, *args, **kwargs):
     """``dispatch_attention_fn(query, key, value, **kw)``: q/k/v ``[B, S, H, D]`` in and out."""
+    if torch.compiler.is_compiling():
+        return _compiled_call("dispatch", original, args, kwargs)
     layer = CURRENT_LAYER.get()
     if layer is None:
         return original(*args, **kwargs)
@@ -172,6 +213,8 @@ _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "s
 
 def route_sdpa(original, *args, **kwargs):
     """``F.scaled_dot_product_attention(query, key, value, ...)``: q/k/v ``[B, H, S, D]`` in and out."""
+    if torch.compiler.is_compiling():
+        return _compiled_call("sdpa", original, args, kwargs)
     layer = CURRENT_LAYER.get()
     if layer is None:
         return original(*args, **kwargs)
@@ -192,6 +235,123 @@ def route_sdpa(original, *args, **kwargs):
 
 
 ROUTERS = {"dispatch": route_dispatch, "sdpa": route_sdpa}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch.compile
+#
+# Where compile wraps: diffusers hooks replace ``module.forward``, and both ``torch.compile(transformer)`` and
+# ``block.compile()`` (regional compilation) compile ``module.__call__``, so every hook inside a compiled module is
+# traced. The StepHook is a frame dynamo skips (one graph break per forward under whole-model compilation, none under
+# regional compilation, where it runs outside the compiled blocks). A traced attention module hands its call to
+# ``accel::hooked_attention``, a custom op whose implementation runs the eager router above at run time: the step
+# (set by the StepHook), the method's decision, its masks and its counters are all read there, outside the graph.
+# The graph holds the op with the layer's uid and the call's ordinal as constants: nothing that changes per step is
+# guarded, so a run compiles once per input shape whatever its step count, and no graph break falls in the attention
+# path. The sparse kernels run as they do eagerly (the flex kernel compiled by itself, with Inductor), whatever
+# backend compiles the model: under ``aot_eager`` the output stays the sparse output (traced, FlexAttention's eager
+# path would ignore our index-built block masks).
+
+
+class _TracedLayer:
+    """The accelerated layer being traced, and how many attention calls its forward has made so far."""
+
+    def __init__(self, uid: int):
+        self.uid = uid
+        self.calls = 0
+
+
+_TRACING: list[_TracedLayer] = []
+
+
+def _originals() -> dict:
+    """The attention each route falls back to (what the model files' call sites hold before routing)."""
+    from diffusers.models import attention_dispatch
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    return {"dispatch": attention_dispatch.dispatch_attention_fn, "sdpa": sdpa}
+
+
+@torch.library.custom_op("accel::hooked_attention", mutates_args=())
+def hooked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    layer_uid: int,
+    ordinal: int,
+    route: str,
+    scale: float | None,
+    dropout_p: float,
+    is_causal: bool,
+) -> torch.Tensor:
+    """One attention call of an accelerated layer inside a compiled graph: the eager router at run time.
+
+    ``route`` "dispatch": q/k/v ``[B, S, H, D]``; "sdpa": ``[B, H, S, D]``; out like q with v's head dim
+    (contiguous: the fake below must describe the output's strides, whichever path made it).
+    """
+    original = _originals()[route]
+    kwargs = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    ref = _LAYER_HOOKS.get(layer_uid)
+    hook = ref() if ref is not None else None
+    if hook is None or not hook.active():
+        return original(q, k, v, **kwargs).contiguous()
+    plan = hook.plan
+    token = CURRENT_LAYER.set(LayerPlan(plan.layer, plan.method, plan.stats, [ordinal]))
+    try:
+        return ROUTERS[route](original, q, k, v, **kwargs).contiguous()
+    finally:
+        CURRENT_LAYER.reset(token)
+
+
+@hooked_attention.register_fake
+def _(q, k, v, attn_mask, layer_uid, ordinal, route, scale, dropout_p, is_causal):
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+_OP_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+_NEUTRAL = {"enable_gqa": False, "attention_kwargs": None, "backend": None, "parallel_config": None}
+
+
+def _compiled_call(route: str, original, args, kwargs):
+    """Traced router: the original attention outside accelerated layers, else one ``accel::hooked_attention`` call.
+
+    A call the op cannot carry (other keyword values, a non-standard original) runs the eager router behind a
+    compiler boundary instead: correct, and visible as a graph break in dynamo's counters.
+    """
+    if not _TRACING:
+        return original(*args, **kwargs)
+    traced = _TRACING[-1]
+    ordinal = traced.calls
+    traced.calls += 1
+    named = {**dict(zip(_OP_ARGS, args, strict=False)), **kwargs}
+    carried = (
+        len(args) >= 3
+        and len(args) <= len(_OP_ARGS)
+        and all(n in _OP_ARGS or (n in _NEUTRAL and named[n] == _NEUTRAL[n]) for n in named)
+        and original is _originals()[route]
+    )
+    if not carried:
+        return _eager_call(route, original, traced.uid, ordinal, args, kwargs)
+    q, k, v = (named[n] for n in ("query", "key", "value"))
+    scale = named.get("scale")
+    return hooked_attention(
+        q, k, v, named.get("attn_mask"), traced.uid, ordinal, route, None if scale is None else float(scale),
+        float(named.get("dropout_p", 0.0)), bool(named.get("is_causal", False)),
+    )  # fmt: skip
+
+
+@torch.compiler.disable
+def _eager_call(route: str, original, layer_uid: int, ordinal: int, args, kwargs):
+    hook = _LAYER_HOOKS[layer_uid]()
+    if hook is None or not hook.active():
+        return original(*args, **kwargs)
+    plan = hook.plan
+    token = CURRENT_LAYER.set(LayerPlan(plan.layer, plan.method, plan.stats, [ordinal]))
+    try:
+        return ROUTERS[route](original, *args, **kwargs)
+    finally:
+        CURRENT_LAYER.reset(token)
 
 
 # ----------------------------------------------------------------------------------------------------------------
