@@ -124,8 +124,12 @@ def attend(
     *,
     scale: float | None = None,
     key_valid: torch.Tensor | None = None,
+    heads: tuple[int, int] | None = None,
 ) -> torch.Tensor | None:
     """Accelerated self-attention ``[B, S, H, D]`` -> ``[B, S, H, D]`` for ``layer`` at ``step``, or None.
+
+    ``heads``: ``(offset, total)`` when the call holds heads ``offset .. offset + H - 1`` of the model's ``total``
+    (context parallelism, Ulysses: the full sequence with a subset of heads); None when it holds all of them.
 
     ``layer`` None means the call is not in an accelerated layer: None, nothing counted. Otherwise a call the core
     cannot take is counted as ``fallback:<reason>``, and the method counts its own dense decisions (once per batch
@@ -139,7 +143,11 @@ def attend(
         layer.stats.add("fallback", reason)
         return None
     valid = key_padding(step, key_valid, q.shape)
-    step = dataclasses.replace(step, layout=call_layout(step.layout, q.shape[1]), key_valid=None, call=(ordinal,))
+    offset, total = heads if heads is not None else (0, None)
+    step = dataclasses.replace(
+        step, layout=call_layout(step.layout, q.shape[1]), key_valid=None, call=(ordinal,), head_offset=offset,
+        num_heads=total,
+    )  # fmt: skip
     if valid is None:
         return layer.method.attend(q, k, v, step, layer.layer, scale, layer.stats)
     if not bool(valid[:, step.layout.video_slice].all()):

@@ -38,6 +38,12 @@ class StepInfo:
     ``call``: inside one attention call (set by :func:`accel.core.attend`), which call of its layer's forward this is
     (``(ordinal,)``; Mochi's processor makes one call per batch item) and, when the core splits a batch by its key
     padding, the batch group (``(ordinal, group)``); per-call state (Re-ttention) is keyed by it.
+    ``head_offset`` / ``num_heads``: inside one attention call (set by :func:`accel.core.attend`) that holds a subset
+    of the model's heads (context parallelism: Ulysses hands each rank the full sequence and ``H / ranks`` heads), the
+    global index of the call's first head and the model's head count; ``0`` / None when the call holds every head.
+    Per-head state (Sparse-vDiT plans) is read at ``head_offset + local head``, and per-call decisions that depend on
+    heads are taken over all ``num_heads``, so that every rank decides alike. Re-ttention's per-call state needs no
+    offset: a rank always holds the same heads, and its rho / residual are of those heads.
     """
 
     step_index: int
@@ -50,6 +56,8 @@ class StepInfo:
     full: bool = True
     key_valid: torch.Tensor | None = None
     call: tuple[int, ...] = ()
+    head_offset: int = 0
+    num_heads: int | None = None
 
     def position(self, distance: str = "sigma") -> float:
         """Where this step sits on the denoising axis, for finite differences: sigma, timestep or step index."""

@@ -14,7 +14,18 @@ from typing import Any
 from .errors import PROG, CLIError
 from .output import OutputError, OutputTarget, check_writable, write_atomic
 from .request import resolve_request, with_default_preset
-from .runner import PeakMemory, attention_text, compare, environment, finite, load, note
+from .runner import (
+    PeakMemory,
+    attention_text,
+    compare,
+    environment,
+    finite,
+    load,
+    note,
+    parallelize,
+    start_parallel,
+    stop_parallel,
+)
 
 METRICS = {
     "time_s": "median wall time of the whole pipeline call (text encoding, denoising, VAE decode)",
@@ -52,12 +63,24 @@ def cmd_bench(args) -> int:
     json_path = _check_side_file(args.json, "--json", None) if args.json else None
     plot_path = _check_side_file(args.plot, "--plot", ".png") if args.plot else None
     request, configs = resolve_request(args, presets)
-    quiet = args.quiet
+    rank = start_parallel(request)
+    try:
+        return _bench(args, request, configs, presets, json_path, plot_path, rank)
+    finally:
+        stop_parallel(request)
+
+
+def _bench(args, request, configs, presets, json_path, plot_path, rank: int) -> int:
+    quiet = args.quiet or rank > 0  # under --ulysses every rank runs; rank 0 reports and writes
 
     for text in request.notes:
         note(f"note: {text}", quiet)
     memory = PeakMemory(request.device)
     pipe = load(request, quiet)
+    if request.ulysses > 1:
+        note(
+            f"Ulysses context parallelism over {request.ulysses} ranks: {', '.join(parallelize(pipe, request))}", quiet
+        )
     env = environment(request.device)
     note(
         f"bench {request.source.describe()} on {env['device_name']}: {request.size_text()}, {request.steps} steps, "
@@ -75,6 +98,8 @@ def cmd_bench(args) -> int:
         memory=memory,
         progress=lambda text: note(text, quiet),
     )
+    if rank > 0:
+        return 0
     _print_table(rows, memory)
 
     if json_path is not None:
@@ -101,6 +126,7 @@ def cmd_bench(args) -> int:
                 "dtype": request.dtype_name,
                 "cpu_offload": request.cpu_offload,
                 "compile": request.compile,
+                "ulysses": request.ulysses,
                 "warmup": args.warmup,
                 "repeats": args.repeats,
                 "overrides": request.overrides_by_preset,

@@ -116,6 +116,18 @@ def _add_compile_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ulysses_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ulysses",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="split the denoiser(s) over N processes with diffusers' Ulysses context parallelism (each rank attends "
+        "the full sequence with 1/N of the heads; sparse attention keeps working). Launch with torchrun: "
+        "`torchrun --nproc-per-node N -m accel.cli render ... --ulysses N`; rank 0 writes the outputs",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from accel import __version__
 
@@ -159,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes; only the summary line")
     _add_model_args(r)
     _add_compile_arg(r)
+    _add_ulysses_arg(r)
     _add_generation_args(r)
 
     b = sub.add_parser(
@@ -187,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-q", "--quiet", action="store_true", help="no per-run progress lines")
     _add_model_args(b)
     _add_compile_arg(b)
+    _add_ulysses_arg(b)
     _add_generation_args(b)
 
     c = sub.add_parser(

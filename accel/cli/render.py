@@ -16,16 +16,17 @@ from .runner import (
     config_text,
     load,
     note,
+    parallelize,
     run_pipeline,
     sparse_calls_expected,
+    start_parallel,
+    stop_parallel,
 )
 
 COMPILE_NOTICE = "the first sparse attention call compiles its kernel (once per process; about 10-20 s on CPU)"
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    import accel
-
     prompts = read_prompts(args.prompt, args.prompts_file)
     targets = []
 
@@ -39,13 +40,27 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     with_default_preset(args, "preset")
     request, configs = resolve_request(args, [args.preset], before_load=check_outputs)
+    rank = start_parallel(request)
+    try:
+        return _render(request, configs, prompts, targets, args, rank)
+    finally:
+        stop_parallel(request)
+
+
+def _render(request, configs, prompts, targets, args, rank: int) -> int:
+    import accel
+
     config = configs[args.preset]
-    quiet = args.quiet
+    quiet = args.quiet or rank > 0  # under --ulysses every rank renders; rank 0 speaks and writes
     for text in request.notes:
         note(f"note: {text}", quiet)
 
     t_load = time.perf_counter()
     pipe = load(request, quiet)
+    if request.ulysses > 1:  # before accelerate (either order works; this one keeps accel's hooks outermost)
+        note(
+            f"Ulysses context parallelism over {request.ulysses} ranks: {', '.join(parallelize(pipe, request))}", quiet
+        )
     accelerated = apply_preset(pipe, args.preset, config, request.overrides_by_preset[args.preset])
     resolved = accel.accel_config(pipe) if accelerated else None
     if request.compile:  # after accelerate, which refuses a compiled transformer
@@ -58,13 +73,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     expected = request.device == "cpu" and sparse_calls_expected(pipe, request, resolved)
     try:
         with compile_notice(COMPILE_NOTICE, expected, quiet):
-            return _render_all(pipe, request, prompts, targets, args.preset, accelerated, quiet)
+            return _render_all(pipe, request, prompts, targets, args.preset, accelerated, quiet, write=rank == 0)
     finally:
         if accelerated:
             accel.disable(pipe)  # leave the process as we found it (the CLI also runs in-process in tests)
 
 
-def _render_all(pipe, request, prompts, targets, preset: str, accelerated: bool, quiet: bool) -> int:
+def _render_all(pipe, request, prompts, targets, preset: str, accelerated: bool, quiet: bool, write=True) -> int:
     import accel
 
     t_all = time.perf_counter()
@@ -73,6 +88,8 @@ def _render_all(pipe, request, prompts, targets, preset: str, accelerated: bool,
         tag = f"[{i + 1}/{n}] " if n > 1 else ""
         res = run_pipeline(pipe, request, prompt, progress=not quiet, desc=f"{tag}denoising")
         stats = accel.stats(pipe, reset=True) if accelerated else None
+        if not write:  # another rank of a --ulysses run: rank 0 holds the same gathered output and writes it
+            continue
         try:
             written = write_output(tgt, res.frames, request.fps)
         except (OutputError, OSError) as e:  # e.g. the disk filled up; nothing half-written is left
@@ -89,6 +106,6 @@ def _render_all(pipe, request, prompts, targets, preset: str, accelerated: bool,
             f"({res.steps} steps) | preset {preset} | {attention_text(stats)} | model {request.source.name}",
             flush=True,
         )
-    if n > 1:
+    if n > 1 and write:
         print(f"done: {n} outputs in {time.perf_counter() - t_all:.1f} s", flush=True)
     return 0

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import inspect
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class Request:
     output_type: str = "np"  # "np": decoded frames in [0, 1]; "latent": the denoiser's output, no VAE decode
     call_extra: dict[str, Any] = field(default_factory=dict)  # further pipeline keyword arguments
     compile: bool = False  # torch.compile the denoiser(s) after accelerate (runner.compile_denoisers)
+    ulysses: int = 1  # Ulysses context-parallel degree: one torchrun process per rank (runner.parallelize)
 
     def call_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the pipeline call (besides prompt, generator and callbacks)."""
@@ -483,6 +485,7 @@ def build_request(
     output_type: str = "np",
     call_extra: dict[str, Any] | None = None,
     compile: bool = False,
+    ulysses: int = 1,
     check_plans: bool = True,
     before_load=None,
 ) -> tuple[Request, dict[str, Any]]:
@@ -493,6 +496,7 @@ def build_request(
     known, before the pipeline class is imported. ``check_plans``: require a Sparse-vDiT plan for a sparse-vdit
     preset (calibration, which writes one, does not).
     """
+    check_ulysses(ulysses, cpu_offload)
     overrides = dict(overrides or {})
     by_preset = preset_overrides(presets, overrides)
     configs = {}
@@ -622,8 +626,26 @@ def build_request(
         output_type=output_type,
         call_extra=dict(call_extra or {}),
         compile=compile,
+        ulysses=ulysses,
     )
     return request, configs
+
+
+def check_ulysses(degree: int, cpu_offload: bool = False, env=None) -> None:
+    """``--ulysses N`` needs N processes started by torchrun (which sets ``WORLD_SIZE``), one per rank."""
+    if degree <= 1:
+        return
+    env = os.environ if env is None else env
+    launch = f"torchrun --nproc-per-node {degree} -m accel.cli ... --ulysses {degree}"
+    world = env.get("WORLD_SIZE")
+    if world is None:
+        raise CLIError(f"--ulysses {degree} splits the denoiser over {degree} processes: launch it with `{launch}`")
+    if world != str(degree):
+        raise CLIError(
+            f"--ulysses {degree} needs {degree} processes but torchrun started {world} (WORLD_SIZE); use `{launch}`"
+        )
+    if cpu_offload:
+        raise CLIError("--ulysses and --cpu-offload do not combine: each rank holds the whole model on its device")
 
 
 def resolve_request(
@@ -647,6 +669,7 @@ def resolve_request(
         fps=getattr(args, "fps", None),
         image=args.image,
         compile=bool(getattr(args, "compile", False)),
+        ulysses=int(getattr(args, "ulysses", 1) or 1),
         check_plans=check_plans,
         before_load=before_load,
     )

@@ -65,6 +65,49 @@ def load(request: Request, quiet: bool = False):
     return pipe
 
 
+def start_parallel(request: Request) -> int:
+    """Under torchrun with ``--ulysses N``: join the process group (nccl on CUDA, each rank on its local GPU;
+    gloo on CPU) before the pipeline loads; returns this process's rank (0 without ``--ulysses``)."""
+    if request.ulysses <= 1:
+        return 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = request.device.startswith("cuda")
+        if cuda:
+            import torch
+
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank()
+
+
+def stop_parallel(request: Request) -> None:
+    if request.ulysses > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def parallelize(pipe, request: Request) -> list[str]:
+    """``enable_parallelism`` with Ulysses degree ``request.ulysses`` on each denoiser (before ``accelerate``; the
+    order does not matter to accel). Returns the denoisers' names."""
+    from accel.hosts.diffusers_internals import enable_context_parallel
+    from accel.pipelines import denoisers
+
+    names = []
+    for name, module in denoisers(pipe):
+        if getattr(module, "_cp_plan", None) is None:
+            raise CLIError(
+                f"--ulysses: pipe.{name} ({type(module).__name__}) has no context-parallel plan in diffusers",
+                code=EXIT_FAILURE,
+            )
+        enable_context_parallel(module, ulysses_degree=request.ulysses)
+        names.append(name)
+    return names
+
+
 def apply_preset(pipe, preset: str, config, overrides: dict[str, Any]) -> bool:
     """accelerate(pipe, preset) unless the preset is dense; True when accelerated."""
     import accel

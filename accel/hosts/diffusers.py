@@ -3,10 +3,15 @@ LayerPlan while it runs), and routers at the model file's attention call site th
 
 Per attention call (files in order): the model's processor calls its attention (``dispatch_attention_fn`` or
 ``F.scaled_dot_product_attention``), which this module's router intercepts (:func:`route_dispatch` /
-:func:`route_sdpa`); it rejects what only diffusers' conventions can make unsafe (masks, dropout, context
-parallelism, ...) and calls :func:`accel.core.attend` with the StepInfo the :class:`StepHook` resolved
+:func:`route_sdpa`); it rejects what only diffusers' conventions can make unsafe (masks, dropout, ring
+attention, ...) and calls :func:`accel.core.attend` with the StepInfo the :class:`StepHook` resolved
 (:mod:`accel.steps`) and the LayerPlan the :class:`LayerHook` made current; the method (``accel.methods``) returns
 the output or None, and then the original attention runs.
+
+Under diffusers' context parallelism (``enable_parallelism``), the StepHook sits on the transformer and reads the
+unsplit input (the full frame grid; Wan's CP plan splits the sequence at ``blocks.0``), and a call carrying
+``parallel_config`` runs the method inside diffusers' Ulysses template on the full sequence and the rank's heads
+(:func:`_context_parallel`); Ring falls back to dense, counted ``fallback:ring``.
 
 Under ``torch.compile`` (whole transformer or regional, ``compile_repeated_blocks``; see "torch.compile" below) the
 same code runs, but outside the compiled graphs: the hooks' host-side parts are compiler boundaries, and inside a
@@ -167,10 +172,6 @@ def _dispatch_reason(args, kwargs) -> str | None:
     """Why a ``dispatch_attention_fn`` call cannot take the sparse path (None: it can). Anything unknown goes dense."""
     if len(args) != 3 or set(kwargs) - _DISPATCH_KWARGS:
         return "call_signature"
-    if kwargs.get("parallel_config") is not None:
-        # Context parallelism hands each rank a shard of the sequence: a mask built for the full grid would be
-        # wrong there. Until sparse attention composes with the CP templates, use the original attention.
-        return "context_parallel"
     return _flags_reason(kwargs) or (None if not kwargs.get("attention_kwargs") else "attention_kwargs")
 
 
@@ -180,16 +181,16 @@ def _flags_reason(kwargs) -> str | None:
     return None
 
 
-def _routed(layer, q, k, v, attn_mask, scale):
+def _routed(layer, q, k, v, attn_mask, scale, heads=None):
     """``accel.core.attend`` on ``[B, S, H, D]`` tensors, with a key-only ``attn_mask`` as key padding; None (counted)
-    when the call keeps the original attention."""
+    when the call keeps the original attention. ``heads``: see :func:`accel.core.attend`."""
     key_valid = None
     if attn_mask is not None:
         key_valid = key_mask(attn_mask, q.shape[0], k.shape[1]) if q.dim() == 4 else None
         if key_valid is None:
             layer.stats.add("fallback", "attn_mask")
             return None
-    return attend(q, k, v, CURRENT_STEP.get(), layer, scale=scale, key_valid=key_valid)
+    return attend(q, k, v, CURRENT_STEP.get(), layer, scale=scale, key_valid=key_valid, heads=heads)
 
 
 def route_dispatch(original, *args, **kwargs):
@@ -203,9 +204,55 @@ def route_dispatch(original, *args, **kwargs):
     if reason is not None:
         layer.stats.add("fallback", reason)
         return original(*args, **kwargs)
+    if kwargs.get("parallel_config") is not None:
+        return _context_parallel(original, layer, args, kwargs)
     q, k, v = args
     out = _routed(layer, q, k, v, kwargs.get("attn_mask"), kwargs.get("scale"))
     return original(*args, **kwargs) if out is None else out
+
+
+def _context_parallel(original, layer, args, kwargs):
+    """A call under diffusers' context parallelism: q/k/v are the rank's shard ``[B, S / ranks, H, D]``, out alike.
+
+    A sparse mask needs the whole sequence, which no rank holds here (attending within the shard runs and is
+    wrong). Under Ulysses the method runs inside diffusers' template instead, as its forward op: after the
+    all-to-all it sees ``[B, S, H / ranks, D]``, the full sequence in order with a contiguous group of heads, which
+    it is told the global indices of (per-head plans); its dense decisions and fallbacks run the native op there.
+    Ring attention hands the op one key / value chunk per step without saying which, so no position-dependent mask
+    can be built: the original attention runs, counted ``fallback:ring`` (also for Ulysses x Ring).
+    """
+    parallel_config = kwargs["parallel_config"]
+    kind = di.context_parallel_kind(parallel_config)
+    if kind != "ulysses":
+        layer.stats.add("fallback", "ring" if kind == "ring" else "context_parallel")
+        return original(*args, **kwargs)
+    step = CURRENT_STEP.get()
+    if step is not None and step.layout.text_len:
+        # Joint attention models (Flux, Qwen-Image) split text and image separately and concatenate the shards, so
+        # the gathered sequence is [txt_0, img_0, txt_1, img_1, ...], not the layout's order: no mask fits it.
+        layer.stats.add("fallback", "context_parallel_joint")
+        return original(*args, **kwargs)
+    q, k, v = args
+    if q.dim() != 4:
+        layer.stats.add("fallback", "call_signature")
+        return original(*args, **kwargs)
+    offset = di.ulysses_heads(parallel_config, q.shape[2])
+    dense = di.dense_forward_op()
+
+    def forward_op(ctx, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse, _save_ctx=True,
+                   _parallel_config=None):  # fmt: skip
+        # q/k/v [B, S, H / ranks, D]: the full sequence, heads offset .. offset + H / ranks - 1 of H.
+        if not return_lse:  # the Ulysses templates never ask for it; anything that does stays dense
+            out = _routed(layer, q, k, v, attn_mask, scale, heads=(offset, args[0].shape[2]))
+            if out is not None:
+                return out
+        return dense(ctx, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, return_lse, _save_ctx=_save_ctx,
+                     _parallel_config=_parallel_config)  # fmt: skip
+
+    return di.templated_attention(
+        q, k, v, kwargs.get("attn_mask"), kwargs.get("dropout_p", 0.0), kwargs.get("is_causal", False),
+        kwargs.get("scale"), forward_op=forward_op, parallel_config=parallel_config,
+    )  # fmt: skip
 
 
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -377,13 +424,15 @@ def install_transformer(installed, name: str, transformer, spec, pipe, method, c
             di.install_call_site(spec.attention_call_site, ROUTERS[spec.route], spec.route)
             installed.call_sites.append(site)
     for module, hook in cache_hooks:
-        _add(installed, module, hook, CACHE_HOOK)
+        # Under context parallelism a cached block must see what it computes, the rank's shard (lite mode's first
+        # block carries the split of the sequence): below diffusers' CP hooks, whichever was installed first.
+        _add(installed, module, hook, CACHE_HOOK, inside_context_parallel=True)
     di.refresh_context_targets(transformer)
 
 
-def _add(installed, module, hook, kind: str) -> None:
+def _add(installed, module, hook, kind: str, inside_context_parallel: bool = False) -> None:
     name = installed.hook_name(kind)
-    di.add_hook(module, hook, name)
+    di.add_hook(module, hook, name, inside_context_parallel)
     installed.hooks.append((module, name))
 
 

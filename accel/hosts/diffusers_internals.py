@@ -26,17 +26,23 @@ __all__ = [
     "ModelHook",
     "StateManager",
     "add_hook",
+    "context_parallel_kind",
     "current_context",
+    "dense_forward_op",
+    "enable_context_parallel",
     "has_hook",
     "install_call_site",
     "is_compiled",
     "refresh_context_targets",
     "remove_hook",
     "set_cache_context",
+    "templated_attention",
+    "ulysses_heads",
     "uninstall_call_site",
 ]
 
 CALL_SITE_SYMBOL = "dispatch_attention_fn"
+CP_HOOK_PREFIXES = ("cp_input---", "cp_output---")  # hooks/context_parallel.py's hook name templates
 
 # ----------------------------------------------------------------------------------------------------------------
 # Attention call sites. A model file reaches attention in one of two ways (its ModelSpec's ``route``):
@@ -119,12 +125,26 @@ def set_cache_context(module: torch.nn.Module, context: CacheContext | None) -> 
     _set_cache_context(module, context)
 
 
-def add_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+def add_hook(module: torch.nn.Module, hook: ModelHook, name: str, inside_context_parallel: bool = False) -> None:
+    """Register ``hook`` on ``module`` as its outermost hook, or with ``inside_context_parallel`` below the context
+    parallel split / gather hooks already there (``enable_parallelism``'s ``cp_input---*`` / ``cp_output---*``), so
+    that it sees the rank's shard as the module computes it (whichever of ``enable_parallelism`` and ``accelerate``
+    ran first)."""
     created = not hasattr(module, "_diffusers_hook")
     registry = HookRegistry.check_if_exists_or_initialize(module)
     if created:
         module._accel_created_registry = True
+    order = registry._hook_order  # innermost first
+    cp = [i for i, n in enumerate(order) if n.startswith(CP_HOOK_PREFIXES)] if inside_context_parallel else []
+    # diffusers has no insert: take off the lowest CP hook and everything above it (outermost first), register
+    # ours, and put them back in their order. A CP hook's state is its config and a cached signature, which
+    # ``initialize_hook`` rebuilds.
+    lifted = [(n, registry.hooks[n]) for n in reversed(order[cp[0] :])] if cp else []
+    for n, _ in lifted:
+        registry.remove_hook(n, recurse=False)
     registry.register_hook(hook, name)
+    for n, h in reversed(lifted):
+        registry.register_hook(h, n)
 
 
 def remove_hook(module: torch.nn.Module, name: str) -> None:
@@ -172,3 +192,76 @@ def is_compiled(module: torch.nn.Module) -> bool:
     from torch._dynamo.eval_frame import OptimizedModule
 
     return isinstance(module, OptimizedModule) or getattr(module, "_compiled_call_impl", None) is not None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Context parallelism (``enable_parallelism(config=ContextParallelConfig(...))``, models/attention_dispatch.py).
+# A processor's ``dispatch_attention_fn`` call carries ``parallel_config`` and the rank's shard of the sequence with
+# every head, ``[B, S / ranks, H, D]``. The CP backends hand it to ``_templated_context_parallel_attention`` with
+# their forward op; under Ulysses the template all-to-alls q, k, v so that the op sees the full sequence in order
+# with a contiguous group of heads, ``[B, S, H / ranks, D]`` (rank r: heads r * H/ranks ..), and all-to-alls the
+# op's output back. Under Ring the op sees local queries against one key / value chunk per step.
+
+
+def context_parallel_kind(parallel_config) -> str | None:
+    """How a call's ``parallel_config`` splits attention: "ulysses" (also the uneven "anything" variant), "ring"
+    (Ring, or Ulysses x Ring), or None (none that accel knows: the call keeps its original attention)."""
+    cp = getattr(parallel_config, "context_parallel_config", None)
+    if cp is None:
+        return None
+    if getattr(cp, "ring_degree", 1) > 1:
+        return "ring"
+    return "ulysses" if getattr(cp, "ulysses_degree", 1) > 1 else None
+
+
+def ulysses_heads(parallel_config, num_heads: int) -> int:
+    """Global index of the first head this rank holds inside the Ulysses template, for a call with ``num_heads``.
+
+    Both templates cut the heads into ``ranks`` contiguous groups in rank order: ``H / ranks`` each, or with
+    ``ulysses_anything`` ``ceil(H / ranks)`` each (heads padded up to a multiple, the padding dropped again).
+    """
+    cp = parallel_config.context_parallel_config
+    degree = cp.ulysses_degree
+    return cp._ulysses_local_rank * (-(-num_heads // degree))
+
+
+def dense_forward_op():
+    """The native (SDPA) forward op of the CP templates: ``op(ctx, q, k, v, attn_mask, dropout_p, is_causal, scale,
+    enable_gqa, return_lse, _save_ctx=True, _parallel_config=None)``, q/k/v ``[B, S, H, D]``."""
+    from diffusers.models import attention_dispatch
+
+    return attention_dispatch._native_attention_forward_op
+
+
+def templated_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, *, forward_op, parallel_config):
+    """diffusers' templated context-parallel attention of the rank's shard ``[B, S / ranks, H, D]`` (out alike),
+    with ``forward_op`` (signature of :func:`dense_forward_op`) run where the template runs its backend's op, and
+    the native backward op (the core never takes calls that need gradients)."""
+    from diffusers.models import attention_dispatch
+
+    return attention_dispatch._templated_context_parallel_attention(
+        q, k, v, attn_mask, dropout_p, is_causal, scale, False, False,
+        forward_op=forward_op, backward_op=attention_dispatch._native_attention_backward_op,
+        _parallel_config=parallel_config,
+    )  # fmt: skip
+
+
+def enable_context_parallel(transformer: torch.nn.Module, *, ulysses_degree: int = 1, ring_degree: int = 1) -> None:
+    """``transformer.enable_parallelism(config=ContextParallelConfig(...))`` that also works on CPU (gloo).
+
+    diffusers picks the rank's device as ``rank % torch.accelerator.device_count()``, a division by zero on a
+    machine without an accelerator; there the count reads 1 while parallelism is set up (the device is then
+    ``cpu:0``, which only names the CPU).
+    """
+    from diffusers import ContextParallelConfig
+
+    config = ContextParallelConfig(ulysses_degree=ulysses_degree, ring_degree=ring_degree)
+    if torch.accelerator.device_count() > 0:
+        transformer.enable_parallelism(config=config)
+        return
+    real = torch.accelerator.device_count
+    torch.accelerator.device_count = lambda: 1
+    try:
+        transformer.enable_parallelism(config=config)
+    finally:
+        torch.accelerator.device_count = real

@@ -119,6 +119,10 @@ class Calibrator(MethodBase):
 
     def attend(self, q, k, v, step: StepInfo, layer: LayerKey, scale, stats: Stats):
         cfg = self.config
+        if step.num_heads is not None:
+            # A plan holds every head of every layer; a call with a subset of heads (context parallelism) would
+            # record a plan of the wrong width.
+            raise ValueError("calibrate() runs in one process: disable context parallelism while calibrating")
         if runs_dense(cfg, step, layer, stats):
             return None
         if self.layout is None:

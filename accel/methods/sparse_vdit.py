@@ -213,10 +213,15 @@ class SparseVDiTMethod(WarmupMethod):
         if patterns is None:
             stats.add("dense", "not_in_plan")
             return None
-        if len(patterns) != q.shape[2]:
+        heads = step.num_heads if step.num_heads is not None else q.shape[2]
+        if len(patterns) != heads or step.head_offset + q.shape[2] > heads:
             raise PlanError(
-                f"Sparse-vDiT plan has {len(patterns)} heads for layer {layer.index}, the model has {q.shape[2]}"
+                f"Sparse-vDiT plan has {len(patterns)} heads for layer {layer.index}, the model has {heads}"
             )
+        # Decisions (plan_full, density, pays) over every head of the model, so that under context parallelism all
+        # ranks decide alike (the single-process decision); the call then runs its own heads' patterns (global
+        # indices ``head_offset ..``).
+        local = patterns[step.head_offset : step.head_offset + q.shape[2]]
         if all(p.kind == "full" for p in patterns):
             stats.add("dense", "plan_full")
             return None
@@ -231,12 +236,12 @@ class SparseVDiTMethod(WarmupMethod):
             stats,
             lambda: (
                 sparse_vdit_attention(
-                    q, k, v, step.layout, patterns, block_size=bs, scale=scale, backend=backend, require_keys=True
+                    q, k, v, step.layout, local, block_size=bs, scale=scale, backend=backend, require_keys=True
                 ),
                 density,
             ),
         )
         if out is not None:
             # Skip heads output zeros by design (the plan says so): counted apart from any mask check.
-            stats.counts["skipped_heads"] += sum(p.kind == "skip" for p in patterns)
+            stats.counts["skipped_heads"] += sum(p.kind == "skip" for p in local)
         return out

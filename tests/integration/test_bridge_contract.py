@@ -132,3 +132,73 @@ def test_import_accel_is_light():
         "assert not torch.cuda.is_initialized()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_context_parallel_internals():
+    """What the Ulysses route (diffusers_internals: templated_attention, ulysses_heads, enable_context_parallel and
+    add_hook(inside_context_parallel=True)) relies on; tests/integration/test_context_parallel.py runs it."""
+    from diffusers import ContextParallelConfig
+    from diffusers.hooks import context_parallel
+    from diffusers.models import attention_dispatch, modeling_utils
+
+    from accel.hosts import diffusers_internals as bridge
+
+    params = list(inspect.signature(attention_dispatch._templated_context_parallel_attention).parameters)
+    assert params[:9] == [
+        "query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "return_lse",
+    ]  # fmt: skip
+    assert {"forward_op", "backward_op", "_parallel_config"} <= set(params)
+    op_params = list(inspect.signature(attention_dispatch._native_attention_forward_op).parameters)
+    assert op_params[:10] == [
+        "ctx", "query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "return_lse",
+    ]  # fmt: skip
+    assert {"_save_ctx", "_parallel_config"} <= set(op_params)
+    assert callable(attention_dispatch._native_attention_backward_op)
+    # Ulysses hands rank r the contiguous head group r (H / ranks each; "anything": ceil(H / ranks), padded).
+    ulysses = inspect.getsource(attention_dispatch.TemplatedUlyssesAttention.forward)
+    assert "H_LOCAL = H // world_size" in ulysses and "reshape(B, S_Q_LOCAL, world_size, H_LOCAL, D)" in ulysses
+    anything = inspect.getsource(attention_dispatch.all_to_all_single_any_qkv_async)
+    assert "H_LOCAL = (H + H_PAD) // world_size" in anything
+    fields = {f.name for f in dataclasses.fields(ContextParallelConfig)}
+    assert {"ulysses_degree", "ring_degree", "_ulysses_local_rank"} <= fields
+    # hook names of apply_context_parallel, and the registry order add_hook reorders
+    assert context_parallel._CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE.format("x").startswith(bridge.CP_HOOK_PREFIXES)
+    assert context_parallel._CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE.format("x").startswith(bridge.CP_HOOK_PREFIXES)
+    from diffusers.hooks import HookRegistry
+
+    registry = HookRegistry.check_if_exists_or_initialize(torch.nn.Linear(1, 1))
+    assert registry._hook_order == [] and registry.hooks == {}
+    # the CPU shim of enable_context_parallel: the device index comes from torch.accelerator.device_count()
+    src = inspect.getsource(modeling_utils.ModelMixin._resolve_parallel_config)
+    assert "torch.accelerator.device_count()" in src
+
+
+def test_add_hook_inside_context_parallel_goes_below_cp_hooks():
+    from accel.hosts import diffusers_internals as bridge
+
+    class Tag(bridge.ModelHook):
+        def __init__(self, tag, log):
+            super().__init__()
+            self.tag, self.log = tag, log
+
+        def pre_forward(self, module, *args, **kwargs):
+            self.log.append(self.tag)
+            return args, kwargs
+
+    log = []
+    m = torch.nn.Linear(2, 2)
+    bridge.add_hook(m, Tag("cp", log), "cp_input---")
+    bridge.add_hook(m, Tag("outer", log), "accel.outer")
+    bridge.add_hook(m, Tag("inner", log), "accel.inner", inside_context_parallel=True)
+    m(torch.zeros(1, 2))
+    assert log == ["outer", "cp", "inner"]  # hooks above the CP hook keep their order
+    log.clear()
+    m2 = torch.nn.Linear(2, 2)
+    bridge.add_hook(m2, Tag("cp", log), "cp_input---")
+    bridge.add_hook(m2, Tag("inner", log), "accel.inner", inside_context_parallel=True)
+    m2(torch.zeros(1, 2))
+    assert log == ["cp", "inner"]
+    bridge.remove_hook(m2, "accel.inner")
+    log.clear()
+    m2(torch.zeros(1, 2))
+    assert log == ["cp"]

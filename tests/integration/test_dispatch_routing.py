@@ -30,6 +30,21 @@ def active():
     CURRENT_STEP.reset(t2)
 
 
+def _cp(**degrees):
+    return dict(parallel_config=types.SimpleNamespace(context_parallel_config=types.SimpleNamespace(**degrees)))
+
+
+def test_ulysses_joint_layout_falls_back(active):
+    """Joint text + video under CP: the gathered sequence interleaves the ranks' text and image shards."""
+    t = CURRENT_STEP.set(StepInfo(5, 10, "cond", TokenLayout(2, 2, 2, text_len=8, text_pos="first")))
+    try:
+        q, k, v = qkv()
+        assert route_attention(original, q, k, v, **_cp(ring_degree=1, ulysses_degree=2)).abs().max() == 0
+    finally:
+        CURRENT_STEP.reset(t)
+    assert active.counts["fallback:context_parallel_joint"] == 1
+
+
 def qkv(s=16, s_k=None):
     return torch.randn(1, s, 2, 8), torch.randn(1, s_k or s, 2, 8), torch.randn(1, s_k or s, 2, 8)
 
@@ -49,11 +64,13 @@ def test_sparse_when_understood(active):
     "kwargs, reason",
     [
         (dict(parallel_config=types.SimpleNamespace(context_parallel_config=object())), "context_parallel"),
+        (_cp(ring_degree=2, ulysses_degree=1), "ring"),
+        (_cp(ring_degree=2, ulysses_degree=2), "ring"),
         (dict(attn_mask=torch.ones(16, 16, dtype=torch.bool)), "attn_mask"),
         (dict(is_causal=True), "dropout_causal_or_gqa"),
         (dict(unknown_kw=1), "call_signature"),
     ],
-    ids=["context_parallel", "attn_mask", "causal", "unknown_kwarg"],
+    ids=["context_parallel", "ring", "ulysses_x_ring", "attn_mask", "causal", "unknown_kwarg"],
 )
 def test_fallbacks(active, kwargs, reason):
     q, k, v = qkv()
