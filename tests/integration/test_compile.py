@@ -119,3 +119,25 @@ def test_whole_model_rettention_aot_eager_matches_eager():
     assert accel.stats(pipe) == accel.stats(eager)
     assert accel.stats(pipe).get("sparse", 0) > 0
     assert sum(counters["graph_break"].values()) == 1  # the StepHook boundary only
+
+
+@pytest.mark.parametrize("preset", ["draft", "sparse-vdit"])
+def test_whole_model_aot_eager_matches_eager_for_the_other_methods(preset, tmp_path):
+    """Draft (a mask planned every call) and Sparse-vDiT (a per-head plan) compile like the others: each attention
+    call is the one custom op, so the compiled output is the eager one and the only break is the StepHook."""
+    from tests.integration.test_context_parallel import _plan
+
+    kw = dict(RADIAL, backend="gather")
+    if preset == "draft":
+        kw.update(patch=(4, 4), sparsity=0.5)
+    else:  # the plan's buckets fix the warm-up (step 0 dense)
+        del kw["dense_step_fraction"]
+        kw["plan"] = _plan(str(tmp_path / "plan.json"))
+    eager = _fresh(preset, **kw)
+    ref = run(eager)
+    pipe = _fresh(preset, **kw)
+    pipe.transformer = torch.compile(pipe.transformer, backend="aot_eager")
+    out = run(pipe)
+    assert (out - ref).abs().max() < TOL
+    assert accel.stats(pipe) == accel.stats(eager) and accel.stats(pipe)["sparse"] > 0
+    assert sum(counters["graph_break"].values()) == 1  # the StepHook boundary only
