@@ -133,7 +133,8 @@ class LayerHook(di.ModelHook):
         self.plan = plan
         self.active = active
         self.uid = next(_UIDS)  # names this layer in compiled graphs (see _compiled_call)
-        _LAYER_HOOKS[self.uid] = weakref.ref(self)
+        # The entry goes with the hook (disable, or its pipeline collected): the table does not grow per accelerate.
+        _LAYER_HOOKS[self.uid] = weakref.ref(self, lambda _, uid=self.uid: _LAYER_HOOKS.pop(uid, None))
 
     def new_forward(self, module, *args, **kwargs):
         if torch.compiler.is_compiling():
