@@ -54,6 +54,15 @@ def call(pipe, spec, **kw):
     return output(pipe(generator=torch.Generator().manual_seed(0), **{**spec.tiny_call, **kw}))
 
 
+def accelerated_call(pipe, spec, preset: str, overrides: dict, **kw):
+    """``(output, stats)`` of the family's tiny call (``kw`` overrides it) with ``preset`` applied, then disabled."""
+    accel.accelerate(pipe, preset, **overrides)
+    try:
+        return call(pipe, spec, **kw), accel.stats(pipe)
+    finally:
+        accel.disable(pipe)
+
+
 def family_tests(name: str, presets=None):
     """The shared tests for family ``name`` as module-level names: ``globals().update(family_tests("flux"))``.
 

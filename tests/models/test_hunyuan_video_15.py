@@ -17,7 +17,7 @@ from accel.pipelines.spec import modules_matching
 
 import accel
 from accel.errors import UnsupportedModelError
-from tests.models.harness import SPARSE, call, family_tests, spec_named
+from tests.models.harness import SPARSE, accelerated_call, call, family_tests, spec_named
 
 SPEC = spec_named("hunyuan_video_15")
 globals().update(family_tests("hunyuan_video_15"))
@@ -52,13 +52,7 @@ def _real_keys(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _run(pipe, preset, overrides, **kw):
-    accel.accelerate(pipe, preset, **overrides)
-    try:
-        out = call(pipe, SPEC, **kw)
-        s = accel.stats(pipe)
-    finally:
-        accel.disable(pipe)
-    return out, s
+    return accelerated_call(pipe, SPEC, preset, overrides, **kw)
 
 
 def test_layout_matches_every_joint_attention_call(family, monkeypatch):

@@ -10,7 +10,7 @@ from PIL import Image
 
 import accel
 from tests.models.attention_spy import routed_calls
-from tests.models.harness import SPARSE, call, family_tests, spec_named
+from tests.models.harness import SPARSE, accelerated_call, call, family_tests, spec_named
 
 SPEC = spec_named("ltx")
 globals().update(family_tests("ltx"))
@@ -19,12 +19,7 @@ globals().update(family_tests("ltx"))
 def test_layout_matches_the_attention_call_and_only_attn1_is_routed(family, monkeypatch):
     pipe, ref = family
     seen = routed_calls(monkeypatch)
-    accel.accelerate(pipe, "radial", **SPARSE["radial"])
-    try:
-        out = call(pipe, SPEC)
-        s = accel.stats(pipe)
-    finally:
-        accel.disable(pipe)
+    out, s = accelerated_call(pipe, SPEC, "radial", SPARSE["radial"])
     steps, layers = SPEC.tiny_call["num_inference_steps"], len(pipe.transformer.transformer_blocks)
     # One routed call per attn1 and step: attn2 (cross-attention to the caption) never reaches the core.
     assert len(seen) == steps * layers

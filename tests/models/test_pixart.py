@@ -11,7 +11,7 @@ from accel.attention_kernels import TokenLayout, rettention_mask
 import accel
 from accel.methods.rettention import RettentionMethod
 from tests.models.attention_spy import routed_calls
-from tests.models.harness import SMALL, SPARSE, call, family_tests, spec_named
+from tests.models.harness import SMALL, SPARSE, accelerated_call, call, family_tests, spec_named
 
 SPEC = spec_named("pixart")
 globals().update(family_tests("pixart"))  # radial and radial+taylorseer: refused (an image has one frame)
@@ -20,12 +20,7 @@ globals().update(family_tests("pixart"))  # radial and radial+taylorseer: refuse
 def test_layout_matches_the_attention_call_and_only_attn1_is_routed(family, monkeypatch):
     pipe, ref = family
     seen = routed_calls(monkeypatch)
-    accel.accelerate(pipe, "rettention", **SPARSE["rettention"])
-    try:
-        out = call(pipe, SPEC)
-        s = accel.stats(pipe)
-    finally:
-        accel.disable(pipe)
+    out, s = accelerated_call(pipe, SPEC, "rettention", SPARSE["rettention"])
     steps, layers = SPEC.tiny_call["num_inference_steps"], len(pipe.transformer.transformer_blocks)
     # One routed call per attn1 and step: attn2 (cross-attention to the caption) never reaches the core.
     assert len(seen) == steps * layers

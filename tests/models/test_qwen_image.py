@@ -11,7 +11,7 @@ from accel.pipelines.spec import modules_matching
 
 import accel
 from tests.models.attention_spy import routed_calls
-from tests.models.harness import SPARSE, call, family_tests, spec_named
+from tests.models.harness import SPARSE, accelerated_call, call, family_tests, spec_named
 
 SPEC = spec_named("qwen-image")
 globals().update(family_tests("qwen-image"))
@@ -20,13 +20,7 @@ DRAFT = SPARSE["draft"]
 
 
 def _run(pipe, preset, overrides, **kw):
-    accel.accelerate(pipe, preset, **overrides)
-    try:
-        out = call(pipe, SPEC, **kw)
-        s = accel.stats(pipe)
-    finally:
-        accel.disable(pipe)
-    return out, s
+    return accelerated_call(pipe, SPEC, preset, overrides, **kw)
 
 
 def test_layout_matches_every_joint_attention_call(family, monkeypatch):
