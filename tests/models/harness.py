@@ -63,6 +63,16 @@ def accelerated_call(pipe, spec, preset: str, overrides: dict, **kw):
         accel.disable(pipe)
 
 
+def resolved_config(pipe, preset: str):
+    """The :class:`~accel.config.AccelConfig` ``accelerate(pipe, preset)`` resolves (the model's defaults filled
+    in), read and disabled again."""
+    accel.accelerate(pipe, preset)
+    try:
+        return accel.accel_config(pipe)
+    finally:
+        accel.disable(pipe)
+
+
 def family_tests(name: str, presets=None):
     """The shared tests for family ``name`` as module-level names: ``globals().update(family_tests("flux"))``.
 

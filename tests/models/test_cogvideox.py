@@ -21,7 +21,7 @@ from accel.errors import UnsupportedModelError
 from accel.methods.base import dense_steps
 from accel.methods.rettention import RettentionMethod
 from tests.models.attention_spy import observed_attention
-from tests.models.harness import SPARSE, family_tests, output
+from tests.models.harness import SPARSE, family_tests, output, resolved_config
 
 globals().update(family_tests("cogvideox"))
 
@@ -126,11 +126,7 @@ def test_only_joint_self_attention_is_routed(family):
 
 
 def _rettention_config(pipe) -> RettentionConfig:
-    accel.accelerate(pipe, "rettention")
-    try:
-        return accel.accel_config(pipe).attention
-    finally:
-        accel.disable(pipe)
+    return resolved_config(pipe, "rettention").attention
 
 
 def test_published_rettention_schedule(family):

@@ -11,7 +11,7 @@ from accel.pipelines.spec import modules_matching
 
 import accel
 from tests.models.attention_spy import routed_calls
-from tests.models.harness import SPARSE, accelerated_call, call, family_tests, output, spec_named
+from tests.models.harness import SPARSE, accelerated_call, call, family_tests, output, resolved_config, spec_named
 
 SPEC = spec_named("flux")
 globals().update(family_tests("flux"))
@@ -101,11 +101,7 @@ def test_pipeline_ids_are_row_major_grids():
 
 def test_published_taylorseer_settings_and_modules(family):
     pipe, _ = family
-    accel.accelerate(pipe, "taylorseer")
-    try:
-        cfg = accel.accel_config(pipe).cache
-    finally:
-        accel.disable(pipe)
+    cfg = resolved_config(pipe, "taylorseer").cache
     # TaylorSeer-FLUX: fresh_threshold 6, max_order 1, first_enhance 3.
     assert (cfg.interval, cfg.order, cfg.warmup_steps) == (6, 1, 3)
     t = pipe.transformer

@@ -17,7 +17,7 @@ from accel.pipelines.spec import modules_matching
 
 import accel
 from accel.errors import UnsupportedModelError
-from tests.models.harness import SPARSE, accelerated_call, call, family_tests, spec_named
+from tests.models.harness import SPARSE, accelerated_call, call, family_tests, resolved_config, spec_named
 
 SPEC = spec_named("hunyuan_video_15")
 globals().update(family_tests("hunyuan_video_15"))
@@ -152,13 +152,9 @@ def test_carried_over_defaults_are_applied(family):
         ("draft", {"sparsity": 0.9, "dense_step_fraction": 15 / 50, "dense_layers": 2}),
         ("taylorseer", {"interval": 5, "order": 1, "warmup_steps": 1}),
     ]:
-        accel.accelerate(pipe, preset)
-        try:
-            cfg = accel.accel_config(pipe)
-            got = cfg.cache if preset == "taylorseer" else cfg.attention
-            assert {k: getattr(got, k) for k in expected} == expected
-        finally:
-            accel.disable(pipe)
+        cfg = resolved_config(pipe, preset)
+        got = cfg.cache if preset == "taylorseer" else cfg.attention
+        assert {k: getattr(got, k) for k in expected} == expected
 
 
 def test_taylorseer_modules_return_tensors(family):

@@ -10,7 +10,7 @@ from PIL import Image
 
 import accel
 from tests.models.attention_spy import routed_calls
-from tests.models.harness import SPARSE, accelerated_call, call, family_tests, spec_named
+from tests.models.harness import SPARSE, accelerated_call, call, family_tests, resolved_config, spec_named
 
 SPEC = spec_named("ltx")
 globals().update(family_tests("ltx"))
@@ -86,11 +86,7 @@ def test_generic_defaults_apply(family):
     """No published LTX settings: every method gets its generic defaults (accel/config.py)."""
     pipe, _ = family
     assert SPEC.defaults(pipe) == {}
-    accel.accelerate(pipe, "radial+taylorseer")
-    try:
-        cfg = accel.accel_config(pipe)
-    finally:
-        accel.disable(pipe)
+    cfg = resolved_config(pipe, "radial+taylorseer")
     radial, ts = cfg.attention, cfg.cache
     assert (radial.decay, radial.dense_step_fraction, radial.dense_layers, radial.sink) == (1.0, 0.24, 1, False)
     assert (ts.interval, ts.order, ts.warmup_steps) == (5, 1, 1)

@@ -11,7 +11,7 @@ from accel.attention_kernels import TokenLayout, rettention_mask
 import accel
 from accel.methods.rettention import RettentionMethod
 from tests.models.attention_spy import routed_calls
-from tests.models.harness import SMALL, SPARSE, accelerated_call, call, family_tests, spec_named
+from tests.models.harness import SMALL, SPARSE, accelerated_call, call, family_tests, resolved_config, spec_named
 
 SPEC = spec_named("pixart")
 globals().update(family_tests("pixart"))  # radial and radial+taylorseer: refused (an image has one frame)
@@ -63,11 +63,7 @@ def test_token_grid_at_released_resolutions():
 def test_published_rettention_schedule(family):
     """Re-ttention's PixArt script: 20 steps, full-only steps 0-4, recalibration at 5, 10 and 15."""
     pipe, _ = family
-    accel.accelerate(pipe, "rettention")
-    try:
-        cfg = accel.accel_config(pipe).attention
-    finally:
-        accel.disable(pipe)
+    cfg = resolved_config(pipe, "rettention").attention
     assert (cfg.dense_step_fraction, cfg.recalibrate_every, cfg.dense_layers, cfg.ratio_drift) == (0.25, 5, 0, 0.04)
     method = RettentionMethod(cfg)
     assert [i for i in range(20) if method.is_recalibration(i, 20)] == [5, 10, 15]
@@ -102,11 +98,7 @@ def test_published_band_width_follows_the_checkpoint(sample_size, window):
 
 def test_published_band_is_the_default(family):
     pipe, _ = family
-    accel.accelerate(pipe, "rettention")
-    try:
-        cfg = accel.accel_config(pipe).attention
-    finally:
-        accel.disable(pipe)
+    cfg = resolved_config(pipe, "rettention").attention
     published = SPEC.defaults(pipe)["rettention"]
     assert (cfg.window_tokens, cfg.block_size) == (published["window_tokens"], published["block_size"])
 

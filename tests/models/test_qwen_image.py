@@ -9,9 +9,8 @@ from accel.attention_kernels import TokenLayout
 from accel.pipelines.qwen_image import image_grids, qwen_image_layout, qwen_image_timestep
 from accel.pipelines.spec import modules_matching
 
-import accel
 from tests.models.attention_spy import routed_calls
-from tests.models.harness import SPARSE, accelerated_call, call, family_tests, spec_named
+from tests.models.harness import SPARSE, accelerated_call, call, family_tests, resolved_config, spec_named
 
 SPEC = spec_named("qwen-image")
 globals().update(family_tests("qwen-image"))
@@ -131,9 +130,5 @@ def test_no_published_defaults(family):
     """No method publishes Qwen-Image settings: the generic defaults apply."""
     pipe, _ = family
     assert SPEC.defaults(pipe) == {}
-    accel.accelerate(pipe, "taylorseer")
-    try:
-        cfg = accel.accel_config(pipe).cache
-    finally:
-        accel.disable(pipe)
+    cfg = resolved_config(pipe, "taylorseer").cache
     assert (cfg.interval, cfg.order, cfg.warmup_steps) == (5, 1, 1)
