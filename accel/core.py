@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-
 from accel.attention_kernels import TokenLayout
 
 from .state import LayerPlan, StepInfo

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
-
 from accel.attention_kernels import TokenLayout
 
 

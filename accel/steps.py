@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
 from accel.attention_kernels import TokenLayout
 
 from .state import StepInfo

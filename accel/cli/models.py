@@ -435,8 +435,9 @@ def load_pipeline(source: ModelSource, dtype):
 
 def models_lines() -> list[str]:
     """One line per model for ``diffusion-fast models``: embedded models, then supported families."""
-    from accel import supported_presets
     from accel.pipelines import supported_specs
+
+    from accel import supported_presets
 
     lines = []
     for m in EMBEDDED.values():
@@ -480,8 +481,9 @@ def presets_table() -> str:
     takes and the per-model defaults it fills in (a cell without any says so: the preset's generic ones apply)."""
     import types
 
-    from accel import supported_presets
     from accel.pipelines import supported_specs
+
+    from accel import supported_presets
 
     methods = ("radial", "draft", "sparse-vdit", "rettention", "taylorseer")
     lines = [

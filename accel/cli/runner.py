@@ -93,8 +93,9 @@ def stop_parallel(request: Request) -> None:
 def parallelize(pipe, request: Request) -> list[str]:
     """``enable_parallelism`` with Ulysses degree ``request.ulysses`` on each denoiser (before ``accelerate``; the
     order does not matter to accel). Returns the denoisers' names."""
-    from accel.hosts.diffusers_internals import enable_context_parallel
     from accel.pipelines import denoisers
+
+    from accel.hosts.diffusers_internals import enable_context_parallel
 
     names = []
     for name, module in denoisers(pipe):
@@ -130,7 +131,6 @@ def compile_denoisers(pipe, **compile_kwargs) -> list[str]:
     recompile limit is raised to the block count; it does not grow with the step count.
     """
     import torch
-
     from accel.pipelines import denoisers
 
     done = []
@@ -218,7 +218,6 @@ class StepTimer:
 
     def __init__(self, pipe, device: str):
         import torch
-
         from accel.pipelines import denoiser_attrs
 
         self.device = device

@@ -47,7 +47,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-
 from accel.attention_kernels import TokenLayout
 
 from ..config import AccelConfig, resolve_config, torch_dtype

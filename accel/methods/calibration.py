@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from accel.attention_kernels.sparse_vdit import (
     HeadPattern,
     pattern_density,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from accel.attention_kernels import radial_mask
 
 from ..config import RadialConfig

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from accel.attention_kernels import BlockMask, EmptyQueryBlockError, block_sparse_attention
 from accel.attention_kernels.permute import TokenPermutation
 from accel.attention_kernels.rettention import mass_ratio, reshape_sparse, rettention_mask, rettention_position_mask

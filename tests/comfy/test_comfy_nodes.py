@@ -123,6 +123,24 @@ def test_node_folder_loads_as_comfyui_loads_custom_nodes():
     assert not hasattr(module, "comfy_entrypoint")
 
 
+def test_repository_root_loads_as_a_registry_install():
+    """The registry (and ComfyUI-Manager) clones the repository into custom_nodes/ and ComfyUI imports its root
+    __init__.py as a package, registered in sys.modules under the folder's name before it runs."""
+    import sys
+
+    name = "custom_nodes_diffusion_fast_root"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        assert set(module.NODE_CLASS_MAPPINGS) == {nodes.ACCELERATE_ID, nodes.STATS_ID}
+        assert set(module.NODE_DISPLAY_NAME_MAPPINGS) == set(module.NODE_CLASS_MAPPINGS)
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+
+
 @pytest.mark.parametrize("name", ["wan", "flux"])
 def test_sample_workflows_use_the_nodes(name):
     wf = json.loads((ROOT / "samples" / f"comfyui_{name}_workflow.json").read_text())
