@@ -170,11 +170,11 @@ def _attend_real_keys(q, k, v, step: StepInfo, layer: LayerPlan, scale, valid: t
         o = layer.method.attend(qr, kr, vr, sub, layer.layer, scale, layer.stats)
         if o is None:
             return None
-        out[rows] = out[rows].index_copy(1, real, o)
+        out[rows].index_copy_(1, real, o)  # rows is a slice: out[rows] is a view, written in place
         pad = (~kv).nonzero().squeeze(1)
         qp = q[rows].index_select(1, pad)
         op = torch.nn.functional.scaled_dot_product_attention(
             qp.transpose(1, 2), kr.transpose(1, 2), vr.transpose(1, 2), scale=scale
         )
-        out[rows] = out[rows].index_copy(1, pad, op.transpose(1, 2).to(q.dtype))
+        out[rows].index_copy_(1, pad, op.transpose(1, 2).to(q.dtype))
     return out
