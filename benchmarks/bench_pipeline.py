@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import sys
 
-from accel.cli.models import DEFAULT_MODEL, EMBEDDED
+from accel.cli.models import EMBEDDED, RANDOM_MODEL
 from accel.cli.parser import positive_int
 from accel.cli.request import build_request, token_grid
 from accel.cli.runner import compare, finite, load
@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--tag", default=None)
     args = p.parse_args()
 
-    base = EMBEDDED[DEFAULT_MODEL]
+    base = EMBEDDED[RANDOM_MODEL]  # the random-weight Wan, resized by the flags
     model = dataclasses.replace(
         base,
         name=f"{base.family}-tiny-{args.layers}x{args.heads}x{args.head_dim}",

@@ -1,7 +1,7 @@
 """``diffusion-fast``: render a video or image with an accelerated diffusers pipeline, benchmark presets, calibrate
 Sparse-vDiT, list presets and models.
 
-    diffusion-fast "a red fox running through snow" -o fox.mp4      # embedded tiny model, offline, CPU is fine
+    diffusion-fast "a red circle moving right" -o circle.mp4        # embedded trained model, offline, CPU is fine
     diffusion-fast "a fox" --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --preset radial -o fox.mp4
     diffusion-fast bench --presets radial --json bench.json --plot bench.png
     diffusion-fast calibrate --steps 10 && diffusion-fast "a fox" --preset sparse-vdit --steps 10

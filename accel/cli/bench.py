@@ -35,6 +35,7 @@ METRICS = {
     "ssim": "mean SSIM (11x11 gaussian window, sigma 1.5) of decoded frames against dense, per channel",
     "rel_l2": "relative L2 error of decoded frames against dense",
     "stats": "accel.stats of the last timed run (attention calls by outcome and reason)",
+    "prompt_following": "embedded trained model only: each attribute of the prompt, read back from the frames",
 }
 
 
@@ -100,7 +101,8 @@ def _bench(args, request, configs, presets, json_path, plot_path, rank: int) -> 
     )
     if rank > 0:
         return 0
-    _print_table(rows, memory)
+    reads_back = _prompt_following(request, args.prompt, rows, outputs)
+    _print_table(rows, memory, reads_back)
 
     if json_path is not None:
         payload = {
@@ -112,7 +114,7 @@ def _bench(args, request, configs, presets, json_path, plot_path, rank: int) -> 
                 "pipeline_class": request.source.pipeline_class,
                 "transformer_classes": list(request.source.transformer_classes),
                 "family": request.source.spec.name if request.source.spec else None,
-                "random_weights": request.source.embedded is not None,
+                "random_weights": request.source.embedded is not None and request.source.embedded.random_weights,
             },
             "settings": {
                 "prompt": args.prompt,
@@ -149,11 +151,31 @@ def _bench(args, request, configs, presets, json_path, plot_path, rank: int) -> 
     return 0
 
 
-def _print_table(rows: list[dict[str, Any]], memory: PeakMemory) -> None:
-    header = ["preset", "time s", "speed-up", "s/step", f"{memory.short} GiB", "PSNR dB", "SSIM", "attention calls"]
+def _prompt_following(request, prompt: str, rows: list[dict[str, Any]], outputs: dict[str, Any]) -> bool:
+    """On the embedded trained model, with a prompt its grammar parses: what each preset's frames show, read back
+    (accel.embedded.readback), as ``row["prompt_following"]`` (attribute -> right). False when not applicable."""
+    emb = request.source.embedded
+    if emb is None or emb.random_weights or request.output_type != "np" or not request.is_video:
+        return False
+    from accel.embedded.grammar import parse_prompt
+    from accel.embedded.readback import matches, read_video
+
+    scene = parse_prompt(prompt)
+    if scene is None:
+        return False
+    for row in rows:
+        row["prompt_following"] = matches(read_video(outputs[row["preset"]]), scene)
+    return True
+
+
+def _print_table(rows: list[dict[str, Any]], memory: PeakMemory, reads_back: bool = False) -> None:
+    header = ["preset", "time s", "speed-up", "s/step", f"{memory.short} GiB", "PSNR dB", "SSIM"]
+    header += ["prompt"] if reads_back else []
+    header += ["attention calls"]
     table = [header]
     for row in rows:
         mem = row["peak_memory_bytes"]
+        follow = row.get("prompt_following")
         table.append(
             [
                 row["preset"],
@@ -163,13 +185,20 @@ def _print_table(rows: list[dict[str, Any]], memory: PeakMemory) -> None:
                 _fmt(None if mem is None else mem / 2**30, ".2f"),
                 "(ref)" if row["preset"] == "dense" else _fmt(row["psnr_db"], ".1f"),
                 "(ref)" if row["preset"] == "dense" else _fmt(row["ssim"], ".4f"),
+                *([f"{sum(follow.values())}/{len(follow)}"] if reads_back else []),
                 attention_text(row["stats"]).replace(" attention calls", ""),
             ]
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    last = len(header) - 1
     for i, r in enumerate(table):
-        cells = [c.ljust(w) if j in (0, 7) else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))]
+        cells = [c.ljust(w) if j in (0, last) else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))]
         print("  ".join(cells).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
     print(f"time: median of the timed runs (whole call); {memory.short}: {memory.label}")
+    if reads_back:
+        print(
+            "prompt: attributes of the prompt read back from the frames (colour, shape, count, motion, background; "
+            "accel.embedded.readback)"
+        )

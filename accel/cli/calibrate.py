@@ -24,9 +24,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise CLIError("give prompts or --prompts-file, not both")
     if args.prompts_file:
         prompts = read_prompts(None, args.prompts_file)
-    else:
-        prompts = list(args.prompts) or list(DEFAULT_CALIBRATION_PROMPTS)
     request, _ = resolve_request(args, ["sparse-vdit"], check_plans=False)
+    if not args.prompts_file:
+        emb = request.source.embedded
+        defaults = emb.calibration_prompts if emb is not None and emb.calibration_prompts else None
+        prompts = list(args.prompts) or list(defaults or DEFAULT_CALIBRATION_PROMPTS)
     over = request.overrides_by_preset["sparse-vdit"]
     if "plan" in over:
         raise CLIError("calibrate writes a plan: give its path with -o/--output, not --set plan=...")

@@ -25,6 +25,7 @@ import re
 import socket
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,32 @@ def _spec(family: str):
 
 
 @dataclass(frozen=True)
+class SizeRules:
+    """Size rules of an embedded model whose VAE is not its family's (shapes-wan packs pixels, Wan's VAE
+    compresses 8x8x4): what ``ModelSpec`` says for a family, for this one model."""
+
+    spatial_multiple: int  # height and width: multiples of this
+    frame_multiple: int  # frames: frame_multiple * k + 1
+    pixels_per_token: int  # token grid side = pixels // this
+    text_pos: str = "none"
+
+    def token_grid(self, frames: int, height: int, width: int):
+        from accel.attention_kernels import TokenLayout
+
+        p = self.pixels_per_token
+        return TokenLayout((frames - 1) // self.frame_multiple + 1, height // p, width // p)
+
+
+@dataclass(frozen=True)
 class EmbeddedModel:
-    """A pipeline built in-process from a family's tiny test configuration (``ModelSpec.tiny_pipeline``): no
-    download, works offline. The sizes are the CLI's defaults for it (small enough for a CPU run)."""
+    """A pipeline that needs no download: trained weights shipped in the package (``load``), or a family's tiny
+    test configuration built in-process with random weights (``ModelSpec.tiny_pipeline``). The sizes are the CLI's
+    defaults for it (small enough for a CPU run)."""
 
     name: str
     description: str
-    family: str  # the ModelSpec that builds it
-    config: dict[str, Any]  # keyword arguments of spec.tiny_pipeline
+    family: str  # the ModelSpec that accelerates it
+    config: dict[str, Any]  # keyword arguments of spec.tiny_pipeline (random-weight models)
     height: int
     width: int
     frames: int
@@ -73,6 +92,15 @@ class EmbeddedModel:
     guidance_scale: float
     note: str = ""
     is_video: bool = True
+    load: Callable[[Any], Any] | None = None  # dtype -> the pipeline with trained weights
+    rules: SizeRules | None = None  # None: the family's size rules
+    call_defaults: dict[str, Any] = field(default_factory=dict)  # further pipeline arguments it needs
+    describe_more: str = ""  # for `diffusion-fast models`: what it draws, its size, how it was trained
+    calibration_prompts: tuple[str, ...] = ()  # `calibrate`'s default prompts (empty: generic scenes)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.load is None
 
     @property
     def spec(self):
@@ -95,7 +123,11 @@ class EmbeddedModel:
         return ModelSource(self.name, "embedded", self.name, self.pipeline_class, (self.transformer_class,), self)
 
     def build(self, dtype=None):
-        """The pipeline with random weights (``dtype``: torch dtype, float32 when None)."""
+        """The pipeline: shipped weights, or random ones (``dtype``: torch dtype, float32 when None)."""
+        if self.load is not None:
+            import torch
+
+            return self.load(dtype or torch.float32)
         from accel.testing import tiny_pipeline
 
         kwargs = dict(self.config)
@@ -103,8 +135,35 @@ class EmbeddedModel:
             kwargs["dtype"] = dtype
         return tiny_pipeline(self.family, **kwargs)
 
+    def skeletons(self) -> dict[str, Any]:
+        """Its denoisers on the meta device (configs only, no weights read)."""
+        import torch
+        from accel.pipelines import denoisers
 
-DEFAULT_MODEL = "tiny-random-wan"
+        if self.load is not None:
+            from accel.embedded.model import transformer_skeleton
+
+            return {"transformer": transformer_skeleton()}
+        with torch.device("meta"):
+            return dict(denoisers(self.build()))
+
+
+def _load_shapes_wan(dtype):
+    from accel.embedded import load_shapes_wan
+
+    return load_shapes_wan(dtype)
+
+
+DEFAULT_MODEL = "shapes-wan"
+RANDOM_MODEL = "tiny-random-wan"
+MODEL_ENV = "DIFFUSION_FAST_MODEL"  # overrides --model's default (the test suite sets tiny-random-wan)
+
+
+def default_model() -> str:
+    """``--model``'s default: ``$DIFFUSION_FAST_MODEL`` when set, else the embedded trained model."""
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
 TINY_RANDOM_WAN_CONFIG: dict[str, Any] = dict(num_layers=2, num_heads=2, head_dim=16, text_dim=32, seed=0)
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -112,6 +171,43 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     for m in (
         EmbeddedModel(
             name=DEFAULT_MODEL,
+            description=(
+                "embedded, no download, trained: a small text-to-video Wan (WanPipeline; WanTransformer3DModel "
+                "4 layers, 2x64 heads, 1.1M parameters; UMT5 text encoder over a 28-word grammar; a linear VAE: "
+                "8x8-pixel cells of two frames on 12 fitted principal components)"
+            ),
+            family="wan",
+            config={},
+            height=128,
+            width=128,
+            frames=33,
+            steps=20,
+            guidance_scale=4.0,
+            load=_load_shapes_wan,
+            rules=SizeRules(spatial_multiple=16, frame_multiple=2, pixels_per_token=8),
+            call_defaults={"max_sequence_length": 16},
+            note=(
+                "shapes-wan follows colours, shapes and backgrounds; it does not yet keep an object's motion from "
+                "frame to frame"
+            ),
+            # From the training combinations, so the held-out evaluation prompts stay unseen.
+            calibration_prompts=(
+                "a white circle moving left",
+                "two red squares moving down",
+                "a green triangle bouncing on a gray background",
+            ),
+            describe_more=(
+                "draws one or two red/green/blue/yellow/white/purple circles, squares or triangles on a black/gray/"
+                "blue/green/white background; its grammar also names motion (left/right/up/down, bouncing, apart, "
+                "together, slowly/quickly), which it does not follow reliably yet: objects jump between cells "
+                "(dense, held-out prompts: see README). Trained from scratch with flow matching on procedural clips, "
+                "2,000 steps in 40 minutes on 2 CPU cores (python -m accel.embedded.train); 4.6 MB of weights; "
+                "frames 2k+1, sides multiples of 16, 8x8 pixels per token: the default 128x128x33 is 17x16x16 = "
+                "4,352 video tokens"
+            ),
+        ),
+        EmbeddedModel(
+            name=RANDOM_MODEL,
             description=(
                 "embedded, no download: a tiny randomly initialised Wan 2.1 pipeline (WanPipeline, 2 layers, "
                 "2x16 heads, T5 and VAE from configs)"
@@ -124,9 +220,11 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             steps=10,
             guidance_scale=5.0,
             note=(
-                f"{DEFAULT_MODEL} has random weights: it shows the path and the speed, its video is noise. "
-                "For real videos pass a diffusers model, e.g. --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+                f"{RANDOM_MODEL} has random weights: it shows the path and the speed, its video is noise. "
+                f"For a real video use the default model ({DEFAULT_MODEL}) or a diffusers model, e.g. "
+                "--model Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
             ),
+            describe_more="random weights, its video is noise (the tests' model)",
         ),
     )
 }
@@ -175,6 +273,13 @@ class ModelSource:
         }
 
     @property
+    def size_rules(self):
+        """What sizes it takes and their token grid: the embedded model's own rules, else its family's spec."""
+        if self.embedded is not None and self.embedded.rules is not None:
+            return self.embedded.rules
+        return self.spec
+
+    @property
     def is_video(self) -> bool:
         if self.embedded is not None:
             return self.embedded.is_video
@@ -197,11 +302,7 @@ class ModelSource:
         import torch
 
         if self.embedded is not None:
-            with torch.device("meta"):
-                pipe = self.embedded.build()
-            from accel.pipelines import denoisers
-
-            return dict(denoisers(pipe))
+            return self.embedded.skeletons()
         import diffusers
 
         out = {}
@@ -255,7 +356,7 @@ def _offline_message(repo: str, reason: str) -> str:
     return (
         f"cannot load model {repo!r}: {reason}. To fix: download it once where there is network (`hf download "
         f"{repo}`, or run this command online; it lands in the Hugging Face cache, ~/.cache/huggingface), pass a "
-        f"local pipeline folder with --model /path/to/folder, or use the embedded model (--model {DEFAULT_MODEL}, "
+        f"local pipeline folder with --model /path/to/folder, or use the embedded model (--model {default_model()}, "
         "no download)"
     )
 
@@ -443,7 +544,7 @@ def models_lines() -> list[str]:
     for m in EMBEDDED.values():
         lines.append(
             f"{m.name}: {m.description}; defaults {m.height}x{m.width}, {m.frames} frames, {m.steps} steps, "
-            f"{m.fps} fps; random weights, its video is noise"
+            f"{m.fps} fps; {m.describe_more}"
         )
     for spec in supported_specs():
         rules = []

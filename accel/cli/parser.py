@@ -12,10 +12,10 @@ import difflib
 from collections.abc import Callable
 
 from .errors import PROG, CLIError
-from .models import DEFAULT_MODEL
+from .models import default_model
 
 COMMANDS = ("render", "bench", "calibrate", "presets", "models")
-DEFAULT_BENCH_PROMPT = "a red fox running through snow"
+DEFAULT_BENCH_PROMPT = "a red circle moving right"  # one the embedded default model draws
 TYPO_CUTOFF = 0.8  # difflib ratio above which a one-word prompt is taken for a mistyped subcommand
 
 # --dtype names -> torch dtype attribute (None: chosen from the device).
@@ -63,8 +63,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and acceleration")
     g.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"embedded model name, diffusers pipeline folder or Hugging Face repo id (default: {DEFAULT_MODEL}, "
+        default=default_model(),
+        help=f"embedded model name, diffusers pipeline folder or Hugging Face repo id (default: {default_model()}, "
         f"built offline, random weights); `{PROG} models` lists them",
     )
     g.add_argument(
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Render videos and images with diffusers pipelines accelerated by sparse attention "
         f'(accel). `{PROG} "prompt"` is short for `{PROG} render "prompt"`.',
-        epilog=f'examples:\n  {PROG} "a red fox running through snow" -o fox.mp4\n'
+        epilog=f'examples:\n  {PROG} "a red circle moving right" -o circle.mp4\n'
         f"  {PROG} bench --presets radial --json bench.json --plot bench.png\n"
         f"  {PROG} render --help\n\n"
         "Exit status: 0 done, 1 failed (model cannot be loaded, no calibration plan, ...), 2 bad request "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EXIT_FAILURE, PROG, CLIError
-from .models import DEFAULT_MODEL, ModelSource, resolve_model
+from .models import ModelSource, default_model, resolve_model
 from .parser import DTYPES
 
 FALLBACK_FPS = 16
@@ -313,8 +313,9 @@ def _check_multiple(flag: str, value: int | None, multiple: int, family: str) ->
 
 
 def token_grid(spec, is_video: bool, frames: int | None, height: int | None, width: int | None):
-    """The self-attention ``TokenLayout`` of a request in pixels and frames (from the spec's size rules), or None
-    when it cannot be known before the model runs (sizes left to the pipeline, text tokens in self-attention)."""
+    """The self-attention ``TokenLayout`` of a request in pixels and frames (from the size rules: a ModelSpec or
+    an embedded model's ``SizeRules``, i.e. ``ModelSource.size_rules``), or None when it cannot be known before
+    the model runs (sizes left to the pipeline, text tokens in self-attention)."""
     if spec is None or height is None or width is None or spec.text_pos != "none":
         return None
     if is_video and frames is None:
@@ -341,7 +342,7 @@ def runs_all_dense(attention, steps: int | None, layout, num_layers: int | None)
 
 def _calibrate_command(source: ModelSource, request_flags: list[str], overrides: dict[str, Any]) -> str:
     words = [PROG, "calibrate"]
-    if source.name != DEFAULT_MODEL:
+    if source.name != default_model():
         words += ["--model", source.location]
     words += request_flags
     for key, value in overrides.items():
@@ -374,7 +375,7 @@ def check_plan(
     spec = source.spec
     if spec is None or steps is None:
         return
-    layout = token_grid(spec, is_video, frames, height, width)
+    layout = token_grid(source.size_rules, is_video, frames, height, width)
     skeletons = source.transformer_skeletons()
     models = {name: spec.architecture_key(m) for name, m in skeletons.items()} if skeletons else None
     attention = config.attention
@@ -566,11 +567,12 @@ def build_request(
     if given["frames"] is not None and not is_video:
         raise CLIError(f"--frames: {source.pipeline_class} is an image pipeline and takes no frame count")
     if spec is not None:
-        family = spec.name.capitalize()
-        _check_multiple("--height", height, spec.spatial_multiple, family)
-        _check_multiple("--width", width, spec.spatial_multiple, family)
-        if is_video and frames is not None and spec.frame_multiple > 1 and (frames - 1) % spec.frame_multiple:
-            m = spec.frame_multiple
+        family = source.name if emb is not None and emb.rules is not None else spec.name.capitalize()
+        rules = source.size_rules
+        _check_multiple("--height", height, rules.spatial_multiple, family)
+        _check_multiple("--width", width, rules.spatial_multiple, family)
+        if is_video and frames is not None and rules.frame_multiple > 1 and (frames - 1) % rules.frame_multiple:
+            m = rules.frame_multiple
             lo = (frames - 1) // m * m + 1
             raise CLIError(
                 f"--frames {frames} is not {m}k+1, which {family} models need (the VAE packs {m} frames per latent "
@@ -624,7 +626,7 @@ def build_request(
         call_params=params,
         notes=notes,
         output_type=output_type,
-        call_extra=dict(call_extra or {}),
+        call_extra={**(emb.call_defaults if emb is not None else {}), **(call_extra or {})},
         compile=compile,
         ulysses=ulysses,
     )

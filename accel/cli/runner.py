@@ -163,7 +163,7 @@ def sparse_calls_expected(pipe, request: Request, resolved) -> bool:
     spec = request.source.spec
     if resolved is None or resolved.attention is None or spec is None:
         return False
-    layout = token_grid(spec, request.is_video, request.frames, request.height, request.width)
+    layout = token_grid(request.source.size_rules, request.is_video, request.frames, request.height, request.width)
     from accel.pipelines import denoisers
 
     layers = [len(spec.self_attention_layers(t)) for _, t in denoisers(pipe)]

@@ -14,9 +14,22 @@ EXE = Path(sys.executable).parent / "diffusion-fast"
 TINY = ["--height", "64", "--width", "64", "--frames", "9", "--steps", "2"]
 
 
+# These tests run the random-weight embedded model by default (fast at any size); the trained default model,
+# shapes-wan, has its own tests (tests/embedded, tests/cli/test_cli_embedded.py), which unset this.
+DEFAULT_MODEL_ENV = {"DIFFUSION_FAST_MODEL": "tiny-random-wan"}
+
+
+@pytest.fixture(autouse=True)
+def random_default_model(monkeypatch):
+    """In-process ``main()`` calls see the same default model as the subprocesses."""
+    for k, v in DEFAULT_MODEL_ENV.items():
+        monkeypatch.setenv(k, v)
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"  # nothing here may reach the network
+    env.update(DEFAULT_MODEL_ENV)
     env.pop("PYTHONPATH", None)
     env.update(extra)
     return env

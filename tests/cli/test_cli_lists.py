@@ -23,11 +23,13 @@ def test_models_lists_embedded_model_and_families(tmp_path):
     proc = run_cli("models", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].startswith("tiny-random-wan: ")
-    assert "no download" in lines[0] and "noise" in lines[0]
+    assert lines[0].startswith("shapes-wan: ")
+    assert "no download, trained" in lines[0] and "4,352 video tokens" in lines[0] and "flow matching" in lines[0]
+    assert lines[1].startswith("tiny-random-wan: ")
+    assert "no download" in lines[1] and "noise" in lines[1]
     specs = supported_specs()
-    assert len(lines) == 1 + len(specs)
-    for line, spec in zip(lines[1:], specs, strict=True):
+    assert len(lines) == 2 + len(specs)
+    for line, spec in zip(lines[2:], specs, strict=True):
         assert line.startswith(f"{spec.name}: ")
         for cls in spec.pipeline_classes:
             assert cls in line
