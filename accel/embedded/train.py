@@ -71,7 +71,9 @@ def main(argv=None) -> None:
     model, text = pipe.transformer.train(), pipe.text_encoder.train()
     params = [*model.parameters(), *text.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    ema = {k: v.detach().clone() for k, v in {**_named(model, "t."), **_named(text, "e.")}.items()}
+    # state_dict tensors share storage with the parameters, so this map stays live as the optimizer steps.
+    live = {**_named(model, "t."), **_named(text, "e.")}
+    ema = {k: v.detach().clone() for k, v in live.items()}
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     budget = args.minutes * 60 if args.minutes is not None else math.inf
@@ -102,7 +104,7 @@ def main(argv=None) -> None:
         opt.step()
         decay = min(0.995, (1 + step) / (10 + step))
         with torch.no_grad():
-            for k, v in {**_named(model, "t."), **_named(text, "e.")}.items():
+            for k, v in live.items():
                 ema[k].lerp_(v.detach(), 1 - decay)
         step += 1
         samples += n
