@@ -1,6 +1,6 @@
 """Quality and speed of every preset on a real (trained) model: shapes-wan, the embedded model.
 
-Held-out prompts (colour-shape-motion combinations never seen in training), default render (64x64, 33 frames:
+Held-out prompts (colour-shape-motion combinations never seen in training), default render (128x128, 33 frames:
 4,352 video tokens, 20 UniPC steps, guidance 4), seed = prompt index. For each of the first ``--prompts`` prompts
 every preset renders in turn (interleaved, so machine load hits all alike); dense alone renders the rest, for the
 dense prompt-following score over ``--dense-prompts``.
