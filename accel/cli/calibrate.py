@@ -27,8 +27,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     request, _ = resolve_request(args, ["sparse-vdit"], check_plans=False)
     if not args.prompts_file:
         emb = request.source.embedded
-        defaults = emb.calibration_prompts if emb is not None and emb.calibration_prompts else None
-        prompts = list(args.prompts) or list(defaults or DEFAULT_CALIBRATION_PROMPTS)
+        defaults = (emb.calibration_prompts if emb is not None else ()) or DEFAULT_CALIBRATION_PROMPTS
+        prompts = list(args.prompts) or list(defaults)
     over = request.overrides_by_preset["sparse-vdit"]
     if "plan" in over:
         raise CLIError("calibrate writes a plan: give its path with -o/--output, not --set plan=...")
