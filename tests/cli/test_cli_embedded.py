@@ -34,6 +34,17 @@ def test_renders_with_the_trained_model_by_default(tmp_path):
     assert "shapes-wan" in proc.stderr and "random weights" not in proc.stderr
 
 
+def test_cli_defaults_are_the_model_s_default_render():
+    """The CLI keeps its own literals (no torch import to list models); they must stay the model's RENDER."""
+    from accel.cli.models import DEFAULT_MODEL, EMBEDDED
+    from accel.embedded.model import RENDER
+
+    m = EMBEDDED[DEFAULT_MODEL]
+    assert (m.height, m.width, m.frames, m.steps, m.guidance_scale) == (
+        RENDER["height"], RENDER["width"], RENDER["num_frames"], RENDER["num_inference_steps"], RENDER["guidance_scale"]
+    )  # fmt: skip
+
+
 def test_size_rules_are_the_model_s_own(tmp_path):
     proc = run_cli("a red circle", "--frames", "8", "-o", "x.gif", cwd=tmp_path)
     assert proc.returncode == 2 and "--frames 8 is not 2k+1" in proc.stderr and "use 7 or 9" in proc.stderr
@@ -52,3 +63,23 @@ def test_bench_reads_the_prompt_back(tmp_path):
     assert data["model"]["name"] == "shapes-wan" and data["model"]["random_weights"] is False
     for row in data["results"]:
         assert set(row["prompt_following"]) == {"colour", "shape", "count", "motion", "background"}
+
+
+
+def test_calibrate_defaults_to_the_model_s_calibration_prompts(tmp_path, monkeypatch):
+    """In-process, with accel.calibrate replaced by a recorder (the subprocess run would not tell these prompts
+    from the generic defaults, which are also three)."""
+    import accel
+    from accel.cli import main
+    from accel.cli.models import DEFAULT_MODEL, EMBEDDED
+
+    seen = []
+
+    def record(pipe, prompts, **kw):
+        seen.append(list(prompts))
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(accel, "calibrate", record)
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate", *SMALL, "--device", "cpu", "-o", "plan.json", "--quiet"]) != 0
+    assert seen == [list(EMBEDDED[DEFAULT_MODEL].calibration_prompts)] and seen[0]
