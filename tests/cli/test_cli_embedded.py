@@ -35,7 +35,8 @@ def test_renders_with_the_trained_model_by_default(tmp_path):
 
 
 def test_cli_defaults_are_the_model_s_default_render():
-    """The CLI keeps its own literals (no torch import to list models); they must stay the model's RENDER."""
+    """The CLI keeps its own literals (reading RENDER would import diffusers, through accel.embedded, whenever the
+    CLI starts); they must stay the model's RENDER."""
     from accel.cli.models import DEFAULT_MODEL, EMBEDDED
     from accel.embedded.model import RENDER
 
