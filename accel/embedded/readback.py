@@ -10,9 +10,12 @@ For a video ``[F, H, W, 3]`` in ``[0, 1]`` (what the CLI and ``output_type="np"`
 - shape: per object, the pixels in the top half of its bounding box against the bottom half (an upward triangle
   about 1:3, a circle or square 1:1), then how many of the box's four corner pixels are foreground (a square's
   all, a circle's none); medians over objects and frames;
-- motion: two objects whose distance grows or shrinks by more than their common drift are moving apart/together;
-  else a vertical path much longer than the net vertical move is bouncing; else the larger of the net horizontal
-  and vertical moves of the foreground centroid (first three frames against last three) gives the direction.
+- motion: read only from a coherent track (the read count of objects in at least 80% of the frames, and the
+  foreground centroid never moving more than ``MAX_STEP`` pixels between frames): objects that scatter or jump
+  between cells have no motion. Then two objects whose distance grows or shrinks by more than their common drift
+  are moving apart/together; else a vertical path much longer than the net vertical move, with the centroid within
+  one cell horizontally, is bouncing; else the larger of the net horizontal and vertical moves of the centroid
+  (first three frames against last three) gives the direction.
 
 :func:`score` compares what it reads with what each prompt says (:func:`accel.embedded.grammar.parse_prompt`) and
 returns per-attribute accuracies. On the procedural clips themselves it scores 100% (tests/embedded).
@@ -26,10 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grammar import BACKGROUNDS, COLOURS, Scene, parse_prompt, sample_scene
+from .grammar import BACKGROUNDS, CELL, COLOURS, Scene, parse_prompt, sample_scene
 
 FG_DISTANCE = 0.3
 MIN_AREA = 12
+MAX_STEP = 3.5 * CELL  # the grammar's fastest object (a quick bounce) moves 3 cells between frames
+TRACKED = 0.8  # share of frames that must show the read number of objects
 ATTRIBUTES = ("colour", "shape", "count", "motion", "background")
 
 
@@ -108,11 +113,13 @@ def read_video(frames: np.ndarray) -> Reading:
 
 def _motion(fg: np.ndarray, per_frame: list[list[np.ndarray]], count: int) -> str | None:
     valid = [i for i in range(len(fg)) if fg[i].sum() >= MIN_AREA]
-    if len(valid) < 4:
+    if len(valid) < 4 or count < 1 or sum(len(c) == count for c in per_frame) < TRACKED * len(fg):
         return None
     ys, xs = zip(*[np.nonzero(fg[i]) for i in valid], strict=True)
     cy = np.array([y.mean() for y in ys])
     cx = np.array([x.mean() for x in xs])
+    if np.hypot(np.diff(cx), np.diff(cy)).max(initial=0.0) > MAX_STEP:
+        return None
     dx = cx[-3:].mean() - cx[:3].mean()
     dy = cy[-3:].mean() - cy[:3].mean()
     if count == 2:
@@ -123,7 +130,7 @@ def _motion(fg: np.ndarray, per_frame: list[list[np.ndarray]], count: int) -> st
             if abs(change) > 6 and abs(change) > max(abs(dx), abs(dy)):
                 return "moving apart" if change > 0 else "moving together"
     path = np.abs(np.diff(cy)).sum()
-    if np.ptp(cy) > 5 and path > 2 * abs(dy) + 4 and abs(dx) < np.ptp(cy):
+    if np.ptp(cy) > 5 and path > 2 * abs(dy) + 4 and np.ptp(cx) <= CELL:
         return "bouncing"
     if max(abs(dx), abs(dy)) < 3:
         return "still"

@@ -66,7 +66,6 @@ def test_bench_reads_the_prompt_back(tmp_path):
         assert set(row["prompt_following"]) == {"colour", "shape", "count", "motion", "background"}
 
 
-
 def test_calibrate_defaults_to_the_model_s_calibration_prompts(tmp_path, monkeypatch):
     """In-process, with accel.calibrate replaced by a recorder (the subprocess run would not tell these prompts
     from the generic defaults, which are also three)."""

@@ -51,6 +51,23 @@ def test_wrong_videos_score_wrong():
     assert reading.colour is None and reading.motion is None and reading.count == 0
 
 
+def test_objects_that_jump_or_scatter_have_no_motion():
+    """Motion is read only from one coherent track: an object that jumps between cells (what a weak model draws)
+    must not read as bouncing or as any direction."""
+    right = frames_of(Scene("red", "circle", "moving right", speed="quickly"), seed=1)
+    order = np.random.default_rng(0).permutation(17)  # latent frames in random order: the object jumps about
+    jumping = np.concatenate([right[:1]] + [right[1 + 2 * (k - 1) : 3 + 2 * (k - 1)] for k in order if k > 0])
+    assert len(jumping) == 33 and read_video(jumping).motion is None
+    first = np.argwhere(np.linalg.norm(right[0] - right[0, 0, 0], axis=-1) > 0.3).min(0)  # the object's corner
+    y, x = (first // 8) * 8
+    y2, x2 = (y + 64) % 128, (x + 64) % 128  # the cell half a canvas away
+    scattered = right.copy()
+    scattered[::3, y2 : y2 + 8, x2 : x2 + 8] = right[0, y : y + 8, x : x + 8]
+    reading = read_video(scattered)  # a second red circle in every third frame
+    assert reading.colour == "red" and reading.motion is None
+    assert read_video(right).motion == "moving right"
+
+
 def test_held_out_prompts_are_fixed_and_held_out():
     from accel.embedded.grammar import is_held_out
 
