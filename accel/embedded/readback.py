@@ -130,7 +130,7 @@ def _motion(fg: np.ndarray, per_frame: list[list[np.ndarray]], count: int) -> st
             if abs(change) > 6 and abs(change) > max(abs(dx), abs(dy)):
                 return "moving apart" if change > 0 else "moving together"
     path = np.abs(np.diff(cy)).sum()
-    if np.ptp(cy) > 5 and path > 2 * abs(dy) + 4 and np.ptp(cx) <= CELL:
+    if np.ptp(cy) > 5 and path > 2 * abs(dy) + 4 and abs(dx) < np.ptp(cy) and np.ptp(cx) <= CELL:
         return "bouncing"
     if max(abs(dx), abs(dy)) < 3:
         return "still"

@@ -273,12 +273,11 @@ def test_compile_notice_when_a_kernel_compiles(tmp_path):
     """In fresh processes: said when sparse calls ran (their kernel compiled), silent when the method kept every call
     dense by its own rule (a radial mask denser than max_density). The notice depends on the calls, not on whether
     inductor's cache is warm, so the processes share the default cache (a cold one cost 20 s here)."""
-    from .conftest import cli_env, run_cli
+    from .conftest import run_cli
 
-    env = cli_env()
-    sparse = run_cli("a fox", *GRID, "--device", "cpu", "-o", "a.mp4", cwd=tmp_path, env=env)
+    sparse = run_cli("a fox", *GRID, "--device", "cpu", "-o", "a.mp4", cwd=tmp_path)
     assert sparse.returncode == 0, sparse.stderr
     assert cli_render.COMPILE_NOTICE in sparse.stderr and "| 0 sparse," not in sparse.stdout
-    dense = run_cli("a fox", *GRID, "--set", "max_density=0.2", "--device", "cpu", "-o", "b.mp4", cwd=tmp_path, env=env)
+    dense = run_cli("a fox", *GRID, "--set", "max_density=0.2", "--device", "cpu", "-o", "b.mp4", cwd=tmp_path)
     assert dense.returncode == 0, dense.stderr
     assert cli_render.COMPILE_NOTICE not in dense.stderr and "| 0 sparse," in dense.stdout
