@@ -101,11 +101,13 @@ def main(argv=None) -> None:
     lines = [
         f"# Where is the object? The embedded model's denoiser against the optimal one ({model})",
         "",
-        f"{args.clips} single-object clips ({', '.join(MOTIONS)}; seeded), noised at each sigma. Mean chance of an "
-        "object on the cells it truly occupies: `exact` pools every frame along each possible track (the optimal "
-        "denoiser), `one frame` is the best from one latent frame alone, `model` is the transformer's own estimate.",
+        f"{args.clips} single-object clips ({', '.join(MOTIONS)}; seeded), noised at each sigma. Three estimates "
+        "of where the object is: `exact` pools every frame along each possible track (the optimal denoiser), "
+        "`one frame` is the best from one latent frame alone, `model` is the transformer's own estimate.",
         "",
-        "Each cell: chance on the true cells / share of the frame's object mass on them.",
+        "Each cell: mean chance of an object on the cells it truly occupies / share of each frame's predicted object "
+        "mass that lies on its true cell (1: found; 1/cells: no idea). The share is the fair score: raising the "
+        "chance everywhere raises the first number, not the second.",
         "",
         "| size | sigma | exact (all frames) | one frame alone | model |",
         "|---|---|---|---|---|",
