@@ -53,7 +53,7 @@ def scenes(n: int):
 @torch.no_grad()
 def measure(pipe, size: int, frames: int, sigma: float, clips) -> dict[str, float]:
     from accel.embedded import posterior
-    from accel.embedded.grammar import _tracks, latent_frame, render_clip
+    from accel.embedded.grammar import clip_tracks, latent_frame, render_clip
     from accel.embedded.model import encode_prompts
 
     vae, latents, cells = pipe.vae, latent_frame(frames - 1) + 1, size // 8
@@ -61,15 +61,13 @@ def measure(pipe, size: int, frames: int, sigma: float, clips) -> dict[str, floa
     for i, scene in enumerate(clips):
         seed = 1000 + i
         x0 = vae.encode(render_clip(scene, frames, size, seed)[None]).latent_dist.mode()[0]
-        tracks = _tracks(scene, latents, cells, random.Random(seed))
+        tracks = clip_tracks(scene, frames, size, seed)
         true = posterior.occupancy(tracks, latents, cells)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(i))
         xt = (1 - sigma) * x0 + sigma * noise
         z_bg, z_obj = posterior.cell_latents(vae, scene)
-        d = (z_obj - z_bg).view(-1, 1, 1, 1)
-        # Log-likelihood ratio of "object here" per cell (the posterior's evidence), softmaxed over each frame alone.
-        evidence = ((xt - (1 - sigma) * z_bg.view(-1, 1, 1, 1)) * d).sum(0) * ((1 - sigma) / sigma**2)
-        one_frame = evidence.flatten(1).softmax(1).view_as(evidence)
+        gain = posterior.evidence(xt, sigma, z_bg, z_obj)  # the posterior's per-cell evidence, over each frame alone
+        one_frame = gain.flatten(1).softmax(1).view_as(gain)
         v = pipe.transformer(xt[None], torch.tensor([sigma * 1000]), encode_prompts(pipe, [scene.prompt]))[0][0]
         exact = posterior.object_chance(posterior.posterior_mean(vae, scene, tracks, xt, sigma), z_bg, z_obj)
         model = posterior.object_chance(xt - sigma * v, z_bg, z_obj)

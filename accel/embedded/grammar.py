@@ -184,15 +184,19 @@ def _cell_mask(shape: str) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(inside.float()[None, None], ss)[0, 0]
 
 
+def clip_tracks(scene: Scene, frames: int, size: int, seed: int = 0) -> list[list[tuple[int, int]]]:
+    """The objects' tracks in ``render_clip(scene, frames, size, seed)``: per object, its (column, row) cell in each
+    of the clip's ``latent_frame(frames - 1) + 1`` latent frames."""
+    return _tracks(scene, latent_frame(frames - 1) + 1, size // CELL, random.Random(seed))
+
+
 def render_clip(scene: Scene, frames: int, size: int, seed: int = 0) -> torch.Tensor:
     """The clip of ``scene``: ``[3, frames, size, size]`` in ``[-1, 1]`` (``size`` a multiple of CELL)."""
     if size % CELL:
         raise ValueError(f"render_clip: size must be a multiple of {CELL}, got {size}")
-    rng = random.Random(seed)
-    cells = size // CELL
     cover = torch.zeros(frames, size, size)
     mask = _cell_mask(scene.shape)
-    for track in _tracks(scene, latent_frame(frames - 1) + 1, cells, rng):
+    for track in clip_tracks(scene, frames, size, seed):
         for f in range(frames):
             cx, cy = track[latent_frame(f)]
             cell = cover[f, cy * CELL : (cy + 1) * CELL, cx * CELL : (cx + 1) * CELL]

@@ -84,13 +84,18 @@ def posterior_mean(vae, scene: Scene, true_tracks, xt: torch.Tensor, s: float) -
     if not (occ == true).flatten(1).all(1).any():
         occ = torch.cat([occ, true[None]])
         log_prior = torch.cat([log_prior, torch.tensor([1.0 / PRIOR_SAMPLES], dtype=torch.float64).log()])
-    z_bg, z_obj = cell_latents(vae, scene)
-    d = (z_obj - z_bg).double()
-    gain = torch.einsum("klhw,k->lhw", xt.double() - (1 - s) * z_bg.double().view(k, 1, 1, 1), d) * ((1 - s) / s**2)
+    z_bg, z_obj = (z.double() for z in cell_latents(vae, scene))
     flat = occ.flatten(1).to(torch.float64)
-    p = torch.softmax(flat @ gain.flatten() + log_prior, 0)
+    p = torch.softmax(flat @ evidence(xt.double(), s, z_bg, z_obj).flatten() + log_prior, 0)
     prob = (p @ flat).view(latents, cells, cells)  # chance of an object at each cell
-    return (z_bg.double().view(k, 1, 1, 1) + prob[None] * d.view(k, 1, 1, 1)).to(xt.dtype)
+    return (z_bg.view(k, 1, 1, 1) + prob[None] * (z_obj - z_bg).view(k, 1, 1, 1)).to(xt.dtype)
+
+
+def evidence(xt: torch.Tensor, s: float, z_bg: torch.Tensor, z_obj: torch.Tensor) -> torch.Tensor:
+    """Per cell of ``xt`` ``[K, L, rows, cols]``, the log-likelihood gain of "object here" over "background here":
+    ``(1 - s) / s^2 * <x_t - (1 - s) z_bg, z_obj - z_bg>`` (the posterior sums it along each track)."""
+    d = (z_obj - z_bg).view(-1, 1, 1, 1)
+    return ((xt - (1 - s) * z_bg.view(-1, 1, 1, 1)) * d).sum(0) * ((1 - s) / s**2)
 
 
 def object_chance(z: torch.Tensor, z_bg: torch.Tensor, z_obj: torch.Tensor) -> torch.Tensor:

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from accel.embedded import posterior as P
-from accel.embedded.grammar import Scene, _tracks, latent_frame, render_clip
+from accel.embedded.grammar import Scene, clip_tracks, latent_frame, render_clip
+from accel.embedded.model import LATENT_CHANNELS
 from accel.embedded.pixel_vae import PixelPackVAE
+from accel.embedded.train import fit_vae
 
 FRAMES, SIZE = 5, 32  # 3 latent frames of 4x4 cells: few candidate tracks, fast
 
 
 @pytest.fixture(scope="module")
 def vae():
-    rng = random.Random(0)
-    from accel.embedded.grammar import sample_scene
-
-    v = PixelPackVAE(components=12)
-    v.fit(torch.stack([render_clip(sample_scene(rng), 9, 64, seed=i) for i in range(150)]))
+    v = PixelPackVAE(components=LATENT_CHANNELS)
+    fit_vae(v, n=150)  # the training script's own fit, on fewer clips
     return v
 
 
@@ -37,7 +34,7 @@ def test_a_clip_is_background_plus_its_object_cells(vae, scene):
     seed = 11
     x0 = vae.encode(render_clip(scene, FRAMES, SIZE, seed)[None]).latent_dist.mode()[0]
     cells, latents = SIZE // 8, latent_frame(FRAMES - 1) + 1
-    occ = P.occupancy(_tracks(scene, latents, cells, random.Random(seed)), latents, cells)
+    occ = P.occupancy(clip_tracks(scene, FRAMES, SIZE, seed), latents, cells)
     z_bg, z_obj = P.cell_latents(vae, scene)
     rebuilt = z_bg.view(-1, 1, 1, 1) + occ[None] * (z_obj - z_bg).view(-1, 1, 1, 1)
     torch.testing.assert_close(rebuilt, x0, rtol=0, atol=1e-4)
@@ -49,7 +46,7 @@ def test_posterior_mean_equals_brute_force(vae, scene, sigma):
     """Oracle: every candidate track rendered as a whole latent, weighted by prior x Gaussian likelihood of x_t."""
     seed = 5
     cells, latents = SIZE // 8, latent_frame(FRAMES - 1) + 1
-    true = _tracks(scene, latents, cells, random.Random(seed))
+    true = clip_tracks(scene, FRAMES, SIZE, seed)
     x0 = vae.encode(render_clip(scene, FRAMES, SIZE, seed)[None]).latent_dist.mode()[0]
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     xt = (1 - sigma) * x0 + sigma * noise
