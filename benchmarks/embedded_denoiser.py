@@ -17,6 +17,7 @@ denoises each frame on its own can at best match it, and its samples put the obj
 (objects that jump between cells).
 
     python benchmarks/embedded_denoiser.py [--model PATH]     # about 3 minutes on 2 CPU cores
+    python benchmarks/embedded_denoiser.py --model /tmp/probe --sizes 64x17 --out probe   # a training probe, 30 s
 Writes benchmarks/results/embedded_denoiser_cpu.{json,md}.
 """
 
@@ -85,12 +86,16 @@ def main(argv=None) -> None:
     ap.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the shipped shapes-wan)")
     ap.add_argument("--clips", type=int, default=10)
     ap.add_argument("--out", default="embedded_denoiser_cpu")
+    ap.add_argument(
+        "--sizes", nargs="+", default=[f"{s}x{f}" for s, f in SIZES], help="canvas x frames, e.g. 64x17 (a quick probe)"
+    )
     args = ap.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
     torch.set_num_threads(2)
     pipe = load_shapes_wan(path=args.model)
     clips = scenes(args.clips)
     rows = []
-    for size, frames in SIZES:
+    for size, frames in sizes:
         for sigma in SIGMAS:
             r = {"size": size, "frames": frames, "sigma": sigma, **measure(pipe, size, frames, sigma, clips)}
             rows.append(r)
