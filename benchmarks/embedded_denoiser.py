@@ -17,8 +17,8 @@ denoises each frame on its own can at best match it, and its samples put the obj
 (objects that jump between cells).
 
     python benchmarks/embedded_denoiser.py [--model PATH]     # about 3 minutes on 2 CPU cores
-    python benchmarks/embedded_denoiser.py --model /tmp/probe --sizes 64x17 --out probe   # a training probe, 30 s
-Writes benchmarks/results/embedded_denoiser_cpu.{json,md}.
+    python benchmarks/embedded_denoiser.py --model /tmp/probe --sizes 64x17 --out /tmp/probe_denoiser   # 15 s
+Writes benchmarks/results/embedded_denoiser_cpu.{json,md} (``--out``: another name there, or a path outside).
 """
 
 from __future__ import annotations
@@ -39,6 +39,17 @@ SIGMAS = (0.8, 0.9, 0.95, 0.97, 0.98)
 SIZES = ((64, 17), (128, 33))  # a training bucket and the default render
 ESTIMATES = ("exact", "one frame", "model")
 MOTIONS = ("moving left", "moving right", "moving up", "moving down", "bouncing")
+
+
+def canvas_and_frames(text: str) -> tuple[int, int]:
+    """``"64x17"`` -> ``(64, 17)``: a square canvas (pixels, a multiple of 8) and a frame count (2k + 1)."""
+    try:
+        size, frames = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SIZExFRAMES, e.g. 64x17") from None
+    if size <= 0 or size % 8 or frames <= 0 or frames % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: size must be a multiple of 8 and frames 2k+1, e.g. 64x17")
+    return size, frames
 
 
 def scenes(n: int):
@@ -85,17 +96,16 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the shipped shapes-wan)")
     ap.add_argument("--clips", type=int, default=10)
-    ap.add_argument("--out", default="embedded_denoiser_cpu")
+    ap.add_argument("--out", default="embedded_denoiser_cpu", help="name under benchmarks/results, or a path")
     ap.add_argument(
-        "--sizes", nargs="+", default=[f"{s}x{f}" for s, f in SIZES], help="canvas x frames, e.g. 64x17 (a quick probe)"
+        "--sizes", nargs="+", type=canvas_and_frames, default=list(SIZES), help="SIZExFRAMES, e.g. 64x17 (a probe)"
     )
     args = ap.parse_args(argv)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
     torch.set_num_threads(2)
     pipe = load_shapes_wan(path=args.model)
     clips = scenes(args.clips)
     rows = []
-    for size, frames in sizes:
+    for size, frames in args.sizes:
         for sigma in SIGMAS:
             r = {"size": size, "frames": frames, "sigma": sigma, **measure(pipe, size, frames, sigma, clips)}
             rows.append(r)
