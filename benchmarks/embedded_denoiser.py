@@ -42,13 +42,16 @@ MOTIONS = ("moving left", "moving right", "moving up", "moving down", "bouncing"
 
 
 def canvas_and_frames(text: str) -> tuple[int, int]:
-    """``"64x17"`` -> ``(64, 17)``: a square canvas (pixels, a multiple of 8) and a frame count (2k + 1)."""
+    """``"64x17"`` -> ``(64, 17)``: a square canvas (pixels, a multiple of the grammar's cell) and a frame count
+    (2k + 1)."""
+    from accel.embedded.grammar import CELL
+
     try:
         size, frames = (int(v) for v in text.split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not SIZExFRAMES, e.g. 64x17") from None
-    if size <= 0 or size % 8 or frames <= 0 or frames % 2 == 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: size must be a multiple of 8 and frames 2k+1, e.g. 64x17")
+    if size <= 0 or size % CELL or frames <= 0 or frames % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: size must be a multiple of {CELL} and frames 2k+1, e.g. 64x17")
     return size, frames
 
 
