@@ -464,6 +464,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"unknown model(s) {unknown}; choose from {list(models)}")
     cases = [(m, s) for m in chosen for s in args.sizes] if args.sizes else [(m, s) for m, s in cases if m in chosen]
     args.configs = ["dense", *dict.fromkeys(c for c in (args.configs or CONFIGS) if c != "dense")]
+    from accel.config import resolve_config
+
+    for c in args.configs:
+        try:
+            resolve_config(c, {})
+        except ValueError as e:
+            p.error(str(e))
 
     deadline = START + args.budget_s
     rows = []
