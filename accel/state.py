@@ -93,6 +93,8 @@ class Stats:
 
     counts: Counter = field(default_factory=Counter)
     density_sum: float = 0.0
+    # The efficiency tables the never-slower decisions read (key -> backend -> efficiency; accel.methods.efficiency).
+    tables: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def add(self, outcome: str, reason: str = "", density: float | None = None) -> None:
         self.counts[outcome] += 1
@@ -105,11 +107,14 @@ class Stats:
         d = dict(self.counts)
         sparse = self.counts.get("sparse", 0)
         d["mean_sparse_density"] = self.density_sum / sparse if sparse else None
+        if self.tables:
+            d["efficiency"] = {k: dict(v) for k, v in self.tables.items()}
         return d
 
     def reset(self) -> None:
         self.counts.clear()
         self.density_sum = 0.0
+        self.tables.clear()
 
 
 CURRENT_STEP: ContextVar[StepInfo | None] = ContextVar("accel_current_step", default=None)

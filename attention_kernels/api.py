@@ -8,7 +8,7 @@ import torch
 
 from .block_mask import BlockMask
 
-BACKENDS = ("auto", "triton", "flex", "gather", "reference")
+BACKENDS = ("auto", "triton", "flex", "sdpa", "gather", "reference")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Head dims the Triton kernel is built and tested for (padded to a power of two inside the kernel).
 TRITON_HEAD_DIMS = (64, 72, 80, 88, 96, 128)
@@ -26,7 +26,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "flex"
+        # The accelerate() methods resolve "auto" from the measured efficiency table first (accel.methods.base.
+        # kernel_backend); this is the choice without a table.
+        return {"cuda": "triton", "cpu": "sdpa"}.get(device.type, "flex")
     if backend == "gather" and device.type != "cpu":
         raise ValueError("backend='gather' runs on CPU only; use 'triton' or 'flex' on this device")
     if backend == "triton" and device.type != "cuda" and not triton_interpreting():
@@ -84,9 +86,10 @@ def block_sparse_attention(
     kept blocks. A query row with no valid key in its kept blocks (or no kept block) gives zeros and LSE ``-inf``.
 
     Backends: ``"triton"`` (fused kernel, CUDA or ``TRITON_INTERPRET=1``), ``"flex"`` (torch FlexAttention,
-    compiled), ``"gather"`` (CPU: torch's fused CPU flash kernel over each query block's gathered key blocks; it
-    also serves ``return_lse`` for flex on CPU), ``"reference"`` (dense fp32, the oracle), ``"auto"`` (triton on
-    CUDA, flex elsewhere).
+    compiled), ``"sdpa"`` (any device: the device's own fused attention over contiguous runs of kept blocks, merged
+    by LSE; see :mod:`.sdpa_runs`; it also serves ``return_lse`` for flex on CPU), ``"gather"`` (CPU: torch's fused
+    CPU flash kernel over each query block's gathered key blocks), ``"reference"`` (dense fp32, the oracle),
+    ``"auto"`` (triton on CUDA, sdpa on CPU, flex elsewhere).
 
     ``require_keys=True`` (the attention methods' setting) refuses a mask in which a query block holding a real
     token keeps no block with a real key: it raises :class:`EmptyQueryBlockError` instead of returning zeros for
@@ -105,6 +108,10 @@ def block_sparse_attention(
         from .naive import reference_attention
 
         out, lse = reference_attention(q, k, v, mask, scale)
+    elif backend == "sdpa":
+        from .sdpa_runs import sdpa_block_sparse
+
+        out, lse = sdpa_block_sparse(q, k, v, mask, scale)
     elif backend == "gather":
         from .cpu_gather import gather_block_sparse
 

@@ -72,10 +72,10 @@ def flex_block_sparse(
 ):
     """q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]`` -> out ``[B, Sq, H, D]`` (and lse ``[B, H, Sq]``)."""
     if return_lse and q.device.type == "cpu":
-        # Inductor's CPU flex kernel cannot return the LSE (torch 2.13); the gather path computes the same thing.
-        from .cpu_gather import gather_block_sparse
+        # Inductor's CPU flex kernel cannot return the LSE (torch 2.13); the run path computes the same thing.
+        from .sdpa_runs import sdpa_block_sparse
 
-        return gather_block_sparse(q, k, v, mask, scale)
+        return sdpa_block_sparse(q, k, v, mask, scale)
     return _flex_call(q, k, v, mask, scale, return_lse)
 
 

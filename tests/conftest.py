@@ -20,6 +20,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Never-slower decisions read the typed efficiency table, not one measured on this (possibly busy) machine, so a
+# test's sparse/dense outcome does not depend on timing. tests/methods/test_efficiency.py measures with fakes.
+os.environ.setdefault("ACCEL_EFFICIENCY", "typed")
 
 
 def pytest_collection_modifyitems(config, items):

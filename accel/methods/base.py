@@ -14,6 +14,7 @@ from accel.attention_kernels.permute import TokenPermutation
 from accel.attention_kernels.text_split import permuted_attention, text_split_attention
 
 from ..state import LayerKey, Stats, StepInfo
+from .efficiency import table_for
 
 
 def dense_steps(fraction: float, num_steps: int | None) -> int:
@@ -86,12 +87,23 @@ def never_sparse(cfg, num_steps: int | None, layout, num_layers: int | None) -> 
     return layout is not None and too_short(cfg, layout)
 
 
+# Backends "auto" chooses among, per device type, when the efficiency table has them (the best one wins).
+AUTO_CANDIDATES = {"cuda": ("triton", "sdpa", "flex"), "cpu": ("sdpa", "flex", "gather")}
+
+
 def kernel_backend(backend: str, q) -> str:
-    """The configured backend, except that ``auto`` on CUDA with a head dim the Triton kernel is not built for still
-    gets a sparse kernel (FlexAttention)."""
-    if backend == "auto" and q.is_cuda and q.shape[-1] not in TRITON_HEAD_DIMS:
-        return "flex"
-    return backend
+    """The backend a call runs on: the configured one, or for ``auto`` the most efficient of the device's candidates
+    in the measured efficiency table (:mod:`.efficiency`); ``auto`` on CUDA with a head dim the Triton kernel is not
+    built for never picks Triton."""
+    if backend != "auto":
+        return backend
+    candidates = AUTO_CANDIDATES.get(q.device.type)
+    if not candidates:
+        return backend
+    if q.is_cuda and q.shape[-1] not in TRITON_HEAD_DIMS:
+        candidates = tuple(c for c in candidates if c != "triton")
+    table = table_for(q.device, q.dtype, q.shape[-1])
+    return max(candidates, key=lambda b: table.get(b, q.device.type))
 
 
 def checked_sparse(stats: Stats, run: Callable[[], tuple]):
@@ -117,34 +129,21 @@ def refused(stats: Stats, error: EmptyQueryBlockError) -> None:
     return None
 
 
-# Efficiency of each sparse backend against the host's own dense attention (SDPA / FlashAttention) on a device type:
-# a call keeping a fraction ``d`` of the blocks costs about ``d / efficiency`` of the dense call. CPU values were
-# measured side by side with SDPA on the 2-core development machine (fp32, 2,304-32,760 tokens, head dims 16-64,
-# block density 0.25-0.9; speed-up x density: flex 0.40-0.56, gather 0.32-0.55; benchmarks/bench_attention.py prints
-# it). The table takes about the low end, so a call estimated to pay (min_speedup 1.1) is at worst a few percent
-# slower at the attention level. The CUDA values are provisional targets until a GPU session measures them
-# (benchmarks/gpu_session.sh); "reference" is the dense fp32 oracle and never pays.
-EFFICIENCY = {
-    ("cpu", "flex"): 0.45,
-    ("cpu", "gather"): 0.35,
-    ("cuda", "triton"): 0.8,
-    ("cuda", "flex"): 0.6,
-}
-DEFAULT_EFFICIENCY = 0.5  # devices and backends not measured yet
-REFERENCE_EFFICIENCY = 0.1
-
-
-def efficiency(backend: str, q) -> float:
-    """The efficiency table's value for ``backend`` (as configured: ``auto`` resolves) on ``q``'s device."""
+def efficiency(backend: str, q, stats: Stats | None = None) -> float:
+    """Efficiency of ``backend`` (as configured: ``auto`` resolves) against dense attention on ``q``'s device, dtype
+    and head dim, from the measured table (:func:`accel.methods.efficiency.table_for`); ``stats`` records the table
+    used."""
     resolved = resolve_backend(kernel_backend(backend, q), q.device)
-    eff = REFERENCE_EFFICIENCY if resolved == "reference" else EFFICIENCY.get((q.device.type, resolved))
-    return eff or DEFAULT_EFFICIENCY
+    table = table_for(q.device, q.dtype, q.shape[-1])
+    if stats is not None:
+        stats.tables[table.key] = table.values
+    return table.get(resolved, q.device.type)
 
 
-def estimated_speedup(cost: float, backend: str, q) -> float:
+def estimated_speedup(cost: float, backend: str, q, stats: Stats | None = None) -> float:
     """Dense time over sparse time for a call whose sparse path does ``cost`` dense-equivalent block work (the kept
-    block fraction, plus planning) on ``backend``; the efficiency table above turns block work into time."""
-    return efficiency(backend, q) / max(cost, 1e-9)
+    block fraction, plus planning) on ``backend``; the measured efficiency table turns block work into time."""
+    return efficiency(backend, q, stats) / max(cost, 1e-9)
 
 
 # Copies of the video / text parts and the LSE merge of the split path, in dense-call units (measured on CPU with
@@ -156,8 +155,8 @@ def text_split_cost(cfg, layout, joint_density: float, video_density: float, q) 
     """The block work (as ``pays`` takes it) of the text-split path (:func:`~accel.attention_kernels.text_split.
     text_split_attention`) when it is estimated faster than one joint call whose text blocks are dense, else None.
 
-    The split runs the video x video part sparse with its LSE (on CPU that is the gather kernel whatever the
-    backend: Inductor's flex kernel returns no LSE there) and the text parts on dense kernels (efficiency ~1), so
+    The split runs the video x video part sparse with its LSE (on CPU flex hands that to the sdpa backend:
+    Inductor's flex kernel returns no LSE there) and the text parts on dense kernels (efficiency ~1), so
     it wins when text is a large share of the work (Flux: 512 text tokens on a 4,096-token image) and loses to the
     one call when text is a sliver of a long video.
     """
@@ -165,7 +164,7 @@ def text_split_cost(cfg, layout, joint_density: float, video_density: float, q) 
         return None
     video_share = (layout.video_tokens / layout.num_tokens) ** 2
     eff = efficiency(cfg.backend, q)
-    lse_backend = "gather" if q.device.type == "cpu" else cfg.backend
+    lse_backend = "sdpa" if q.device.type == "cpu" and kernel_backend(cfg.backend, q) == "flex" else cfg.backend
     split = video_share * video_density / efficiency(lse_backend, q) + (1 - video_share) + SPLIT_OVERHEAD
     return split * eff if split < joint_density / eff else None
 
@@ -173,7 +172,7 @@ def text_split_cost(cfg, layout, joint_density: float, video_density: float, q) 
 def pays(cfg, cost: float, q, stats: Stats) -> bool:
     """True when sparsity can pay for this call (``cfg.min_speedup``; 0 = always); else counted as
     ``dense:not_faster``, so a preset never makes a pipeline slower than dense by its own choice."""
-    if cfg.min_speedup <= 0 or estimated_speedup(cost, cfg.backend, q) >= cfg.min_speedup:
+    if cfg.min_speedup <= 0 or estimated_speedup(cost, cfg.backend, q, stats) >= cfg.min_speedup:
         return True
     stats.add("dense", "not_faster")
     return False

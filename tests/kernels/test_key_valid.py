@@ -166,6 +166,16 @@ def test_gather(case: Case, dtype_name: str):
     compare(f"gather-{case.id}-{dtype_name}", q, out, lse, ref_out, ref_lse)
 
 
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_sdpa(case: Case, dtype_name: str):
+    """The run backend (the device's own fused attention over contiguous key runs, merged by LSE)."""
+    q, k, v, _, mask = make_inputs(case, DTYPES[dtype_name])
+    ref_out, ref_lse = oracle(q, k, v, mask)
+    out, lse = block_sparse_attention(q, k, v, mask, backend="sdpa", return_lse=True)
+    compare(f"sdpa-{case.id}-{dtype_name}", q, out, lse, ref_out, ref_lse)
+
+
 @pytest.mark.parametrize("case", CASES[:2], ids=CASE_IDS[:2])
 def test_flex(case: Case):
     """Compiled FlexAttention with the key-valid mask_mod (one compile per case; fp32)."""
@@ -245,7 +255,7 @@ def test_triton_op_under_torch_compile():
 # ------------------------------------------------------------------------------------------------------------
 # Masks without padding behave as before
 # ------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["gather", "triton"])
+@pytest.mark.parametrize("backend", ["gather", "sdpa", "triton"])
 def test_all_valid_key_valid_equals_none(backend: str):
     """An all-True key_valid gives the key_valid=None results (same masking, other kernel variant): bit-identical
     on CPU; on a GPU the two compiled variants may schedule differently, so within the output tolerance."""

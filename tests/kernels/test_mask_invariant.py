@@ -152,13 +152,18 @@ def _block(lay):
     return 128 if lay.num_tokens > 300 else 16
 
 
+# The compiled FlexAttention backend and the run backend (device SDPA over contiguous key runs).
+TAIL_BACKENDS = ["flex", "sdpa"]
+
+
+@pytest.mark.parametrize("backend", TAIL_BACKENDS)
 @pytest.mark.parametrize("lay", RAGGED, ids=str)
-def test_radial_tail_tokens_match_oracle(lay):
+def test_radial_tail_tokens_match_oracle(lay, backend):
     bs = _block(lay)
     n = lay.num_tokens
     q, k, v = _qkv(n)
     mask = radial_mask(lay, bs, 0.2)
-    out = block_sparse_attention(q, k, v, mask, backend="flex", require_keys=True)
+    out = block_sparse_attention(q, k, v, mask, backend=backend, require_keys=True)
     allowed = _allowed_from(mask.to_dense()[0, 0], bs)
     allowed_n = lambda r: [c for c in allowed(r) if c < n]  # noqa: E731
     tail = list(range((n - 1) // bs * bs, n))
@@ -169,26 +174,28 @@ def test_radial_tail_tokens_match_oracle(lay):
         torch.testing.assert_close(out[:, tail].float(), dense, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", TAIL_BACKENDS)
 @pytest.mark.parametrize("lay", RAGGED, ids=str)
-def test_rettention_tail_tokens_match_oracle(lay):
+def test_rettention_tail_tokens_match_oracle(lay, backend):
     bs = _block(lay)
     n = lay.num_tokens
     q, k, v = _qkv(n, seed=1)
     mask = rettention_mask(lay, bs, bs, 1)
-    out = block_sparse_attention(q, k, v, mask, backend="flex", require_keys=True)
+    out = block_sparse_attention(q, k, v, mask, backend=backend, require_keys=True)
     allowed = _allowed_from(mask.to_dense()[0, 0], bs)
     tail = list(range((n - 1) // bs * bs, n))
     want = _oracle_rows(q, k, v, lambda r: [c for c in allowed(r) if c < n], tail, 16**-0.5)
     torch.testing.assert_close(out[:, tail].float(), want, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", TAIL_BACKENDS)
 @pytest.mark.parametrize("lay", RAGGED, ids=str)
-def test_sparse_vdit_tail_tokens_match_oracle(lay):
+def test_sparse_vdit_tail_tokens_match_oracle(lay, backend):
     bs = 16
     n = lay.num_tokens
     patterns = (HeadPattern("diagonal", 0), HeadPattern("stripe", 0, (0,)), HeadPattern("skip"))
     q, k, v = _qkv(n, heads=3, seed=2)
-    out = sparse_vdit_attention(q, k, v, lay, patterns, block_size=bs, backend="flex", require_keys=True)
+    out = sparse_vdit_attention(q, k, v, lay, patterns, block_size=bs, backend=backend, require_keys=True)
     tail = list(range((n - 1) // bs * bs, n))
     for h in range(2):
         allowed = _allowed_from(head_block_mask(patterns, lay, bs)["natural"].mask.to_dense()[0, h], bs)
@@ -198,12 +205,13 @@ def test_sparse_vdit_tail_tokens_match_oracle(lay):
     assert torch.equal(out[:, :, 2], torch.zeros_like(out[:, :, 2]))  # the skip head, by design
 
 
+@pytest.mark.parametrize("backend", TAIL_BACKENDS)
 @pytest.mark.parametrize("lay", RAGGED, ids=str)
-def test_draft_tail_tokens_match_oracle(lay):
+def test_draft_tail_tokens_match_oracle(lay, backend):
     bs, patch = 16, (4, 4)
     n = lay.num_tokens
     q, k, v = _qkv(n, seed=3)
-    out, mask = draft_attention(q, k, v, lay, 0.8, block_size=bs, patch=patch, backend="flex", return_mask=True,
+    out, mask = draft_attention(q, k, v, lay, 0.8, block_size=bs, patch=patch, backend=backend, return_mask=True,
                                 require_keys=True)  # fmt: skip
     perm = draft_permutation(lay, bs, patch)
     allowed_slots = _allowed_from(mask.to_dense()[0, 0], bs, mask.key_valid)
