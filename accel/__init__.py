@@ -28,6 +28,30 @@ def calibrate(pipe, prompts, **kwargs):
     return _calibrate(pipe, prompts, **kwargs)
 
 
+def efficiency_table(device="cpu", dtype=None, head_dim: int = 64, remeasure: bool = False):
+    """The efficiency table the never-slower decisions read for ``device``, ``dtype`` (default float32) and
+    ``head_dim``: measured on first use and cached on disk (see :mod:`accel.methods.efficiency`); ``remeasure``
+    measures again and overwrites the cache."""
+    import torch
+
+    from .methods import efficiency
+
+    dtype = dtype or torch.float32
+    if remeasure:
+        efficiency.forget(device, dtype, head_dim)
+    return efficiency.table_for(device, dtype, head_dim, remeasure=remeasure)
+
+
+def set_efficiency(mode: str | None, notify=None) -> None:
+    """Where efficiency tables come from in this process: ``auto`` (cache, else measure), ``remeasure``, ``typed``
+    (built-in values, never measured), a JSON path (pinned), or None (``$ACCEL_EFFICIENCY``). ``notify(text)``
+    receives the one-line notice printed when a table is measured (default: the ``accel`` logger)."""
+    from .methods import efficiency
+
+    efficiency.set_mode(mode)
+    efficiency.set_notifier(notify)
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -42,9 +66,11 @@ __all__ = [
     "attention_method",
     "calibrate",
     "disable",
+    "efficiency_table",
     "is_accelerated",
     "list_presets",
     "running",
+    "set_efficiency",
     "stats",
     "supported_presets",
 ]

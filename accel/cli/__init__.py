@@ -5,12 +5,13 @@ Sparse-vDiT, list presets and models.
     diffusion-fast "a fox" --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --preset radial -o fox.mp4
     diffusion-fast bench --presets radial --json bench.json --plot bench.png
     diffusion-fast calibrate --steps 10 && diffusion-fast "a fox" --preset sparse-vdit --steps 10
+    diffusion-fast efficiency --device cuda           # the sparse backends' measured speed on this device
     diffusion-fast presets | models
 
 Modules: ``parser`` (arguments), ``request`` (every check before weights load), ``models`` (what ``--model``
 names), ``runner`` (load, apply a preset, timed runs, dense vs presets: the harness of render, bench and the
-benchmarks), ``render``, ``bench``, ``calibrate`` (the subcommands), ``output`` (file writers), ``plot`` (the bench
-figure), ``errors`` (messages and exit statuses).
+benchmarks), ``render``, ``bench``, ``calibrate``, ``efficiency`` (the subcommands), ``output`` (file writers),
+``plot`` (the bench figure), ``errors`` (messages and exit statuses).
 
 Every cheap check runs before a model is built or loaded. Any :class:`accel.errors.AccelError` becomes one line on
 stderr, ``diffusion-fast: error: ...``, and exit status 2 (a bad request) or 1 (a failure); Ctrl-C prints
@@ -64,6 +65,10 @@ def _command(name: str):
         from .calibrate import cmd_calibrate
 
         return cmd_calibrate
+    if name == "efficiency":
+        from .efficiency import cmd_efficiency
+
+        return cmd_efficiency
     return {"presets": _presets, "models": _models}[name]
 
 
@@ -184,6 +189,10 @@ def _run(argv: list[str]) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         quiet_libraries(getattr(args, "verbose", False))
+        if hasattr(args, "efficiency"):
+            from .efficiency import apply_mode
+
+            apply_mode(args, quiet=getattr(args, "quiet", False))
         return _command(args.command)(args)
     except AccelError as e:
         print(f"{PROG}: error: {one_line(e)}", file=sys.stderr, flush=True)

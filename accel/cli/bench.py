@@ -134,6 +134,8 @@ def _bench(args, request, configs, presets, json_path, plot_path, rank: int) -> 
                 "overrides": request.overrides_by_preset,
             },
             "metrics": {**METRICS, "peak_memory": memory.label},
+            # The efficiency tables the presets' never-slower decisions read (measured on this device, cached).
+            "efficiency": {k: v for row in rows for k, v in (row.get("stats") or {}).get("efficiency", {}).items()},
             "results": [{**row, "psnr_db": finite(row["psnr_db"])} for row in rows],
         }
         text = json.dumps(payload, indent=2, default=str) + "\n"

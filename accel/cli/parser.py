@@ -14,7 +14,7 @@ from collections.abc import Callable
 from .errors import PROG, CLIError
 from .models import default_model
 
-COMMANDS = ("render", "bench", "calibrate", "presets", "models")
+COMMANDS = ("render", "bench", "calibrate", "efficiency", "presets", "models")
 DEFAULT_BENCH_PROMPT = "a red circle moving right"  # one the embedded default model draws
 TYPO_CUTOFF = 0.8  # difflib ratio above which a one-word prompt is taken for a mistyped subcommand
 
@@ -92,7 +92,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="diffusers model CPU offload (enable_model_cpu_offload): each component moves to the GPU only while "
         "it runs; needs CUDA and the `accelerate` package",
     )
+    _add_efficiency_arg(g)
     g.add_argument("-v", "--verbose", action="store_true", help="show diffusers/transformers log messages")
+
+
+def _add_efficiency_arg(g) -> None:
+    g.add_argument(
+        "--efficiency",
+        metavar="MODE",
+        default=None,
+        help="where the sparse backends' speed table comes from: auto (cached, else measured once, a few seconds), "
+        "remeasure, typed (built-in values), or a JSON file to pin (default: $ACCEL_EFFICIENCY, else auto)",
+    )
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -231,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     _add_generation_args(c)
 
+    e = sub.add_parser(
+        "efficiency",
+        help="show (or measure) the sparse backends' speed per kept block against dense attention on a device",
+        description="The efficiency table the never-slower decisions read: each sparse backend's speed-up x density "
+        "against the device's dense attention, measured on first use (a few seconds) and cached.",
+    )
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps (default: auto)")
+    e.add_argument("--dtype", default="auto", choices=list(DTYPES), help="(default: bfloat16 on CUDA, else float32)")
+    e.add_argument("--head-dim", type=positive_int, default=64, help="attention head dim (default: 64)")
+    e.add_argument("--remeasure", action="store_true", help="measure again and overwrite the cached table")
+    e.add_argument("--json", metavar="PATH", help="also write the table as JSON (loadable with --efficiency PATH)")
+    _add_efficiency_arg(e)
     sub.add_parser("presets", help="list acceleration presets, one per line")
     sub.add_parser("models", help="list the embedded model(s) and the supported model families, one per line")
     return top

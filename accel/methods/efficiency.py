@@ -86,7 +86,6 @@ class EfficiencyTable:
 
 _MODE: str | None = None
 _TABLES: dict[str, EfficiencyTable] = {}
-_REMEASURED: set[str] = set()
 # Tests register extra backends to measure (name -> fn(q, k, v, mask) -> out); see tests/methods/test_efficiency.py.
 EXTRA_BACKENDS: dict[str, Callable] = {}
 
@@ -98,7 +97,6 @@ def set_mode(mode: str | None) -> None:
         raise ValueError(f"efficiency mode must be one of {MODES} or an existing JSON file, got {mode!r}")
     _MODE = mode
     _TABLES.clear()
-    _REMEASURED.clear()
 
 
 def mode() -> str:
@@ -125,15 +123,21 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "diffusion-fast" / "efficiency"
 
 
+def forget(device, dtype: torch.dtype, head_dim: int) -> None:
+    """Drop this process's table for the key (the next :func:`table_for` loads or measures again)."""
+    _TABLES.pop(table_key(torch.device(device), dtype, head_dim), None)
+
+
 def table_for(
-    device, dtype: torch.dtype, head_dim: int, notify: Callable[[str], None] | None = None
+    device, dtype: torch.dtype, head_dim: int, notify: Callable[[str], None] | None = None, remeasure: bool = False
 ) -> EfficiencyTable:
-    """The table for this key, per :func:`mode` (measured at most once per key and process)."""
+    """The table for this key, per :func:`mode` (measured at most once per key and process; ``remeasure`` forces a
+    measurement unless the mode is ``typed`` or pinned)."""
     device = torch.device(device)
     key = table_key(device, dtype, head_dim)
-    if key in _TABLES:
+    if key in _TABLES and not remeasure:
         return _TABLES[key]
-    m = mode()
+    m = "remeasure" if remeasure and mode() == "auto" else mode()
     if m == "typed":
         table = EfficiencyTable(key, {b: v for (d, b), v in TYPED.items() if d == device.type}, "typed")
     elif m not in MODES:

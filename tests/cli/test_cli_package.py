@@ -13,7 +13,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "accel" / "cli"
-MODULES = ("parser", "request", "runner", "render", "bench", "calibrate", "output", "plot", "models", "errors")
+MODULES = (
+    "parser",
+    "request",
+    "runner",
+    "render",
+    "bench",
+    "calibrate",
+    "efficiency",
+    "output",
+    "plot",
+    "models",
+    "errors",
+)
 
 
 def test_package_layout():
@@ -74,7 +86,7 @@ def test_gpu_session_script_is_valid_bash():
         pytest.skip("no bash")
     script = ROOT / "benchmarks" / "gpu_session.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    assert "python -m benchmarks.bench_pipeline" in script.read_text()
+    assert "python -m benchmarks.bench_wan_step" in script.read_text()  # the full-size Wan step timing
 
 
 def test_bench_pipeline_runs_on_the_cli_harness(tmp_path, monkeypatch, capsys):
