@@ -51,6 +51,97 @@ def _round_to_bf16_grid(x):
 
 
 @triton.jit
+def _attend_tile(
+    q,
+    acc,
+    l_i,
+    m_i,
+    k_base,
+    v_base,
+    KEY_VALID,
+    start_n,
+    bias,
+    offs_n,
+    offs_d,
+    d_ok,
+    Sk,
+    stride_ks,
+    stride_vs,
+    qk_scale,
+    PAD_D: tl.constexpr,
+    MASK_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IEEE: tl.constexpr,
+    HAS_KEY_VALID: tl.constexpr,
+    SCALE_FIRST: tl.constexpr,
+):
+    """One ``BLOCK_N``-key tile of the online softmax: returns the updated ``(acc, l_i, m_i)``.
+
+    ``MASK_K``: the tile may reach past ``Sk`` (bounds-checked loads, keys past the end masked); otherwise it lies
+    wholly inside the keys. ``bias``: 0, or ``+inf`` to make the tile contribute nothing (its loads must still be
+    in bounds). Scores stay unscaled until one multiply-add ``s * qk_scale - m`` in the exponent (the row max is
+    taken on unscaled scores and scaled once per row, which needs ``qk_scale > 0``). ``SCALE_FIRST``: scale the
+    scores first instead (a multiply, then a subtract), for the variants where that keeps ptxas from spilling.
+    """
+    kt_ptrs = k_base + start_n.to(tl.int64) * stride_ks + (offs_n[None, :] * stride_ks + offs_d[:, None])
+    v_ptrs = v_base + start_n.to(tl.int64) * stride_vs + (offs_n[:, None] * stride_vs + offs_d[None, :])
+    if MASK_K:
+        key_ok = (start_n + offs_n) < Sk
+        if PAD_D:
+            kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+        else:
+            kt = tl.load(kt_ptrs, mask=key_ok[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
+    else:
+        if PAD_D:
+            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        else:
+            kt = tl.load(kt_ptrs)
+            v = tl.load(v_ptrs)
+    if UPCAST:
+        kt = kt.to(tl.float32)
+    if IEEE:
+        s = tl.dot(q, kt, input_precision="ieee")
+    else:
+        s = tl.dot(q, kt)
+    if SCALE_FIRST:
+        s = s * qk_scale
+        scale = 1.0
+    else:
+        scale = qk_scale
+    # Masked keys get -inf before the max (and stay -inf when scaled by qk_scale > 0).
+    if HAS_KEY_VALID:
+        # Padding keys anywhere in the kept blocks; on the tail tile the load's bound (other=0) also drops the keys
+        # past Sk.
+        if MASK_K:
+            kv_ok = tl.load(KEY_VALID + start_n + offs_n, mask=key_ok, other=0) != 0
+        else:
+            kv_ok = tl.load(KEY_VALID + start_n + offs_n) != 0
+        s = tl.where(kv_ok[None, :], s, float("-inf"))
+    elif MASK_K:
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+
+    m_new = tl.maximum(m_i, tl.max(s, 1) * scale - bias)
+    # A row that has seen only masked keys keeps m = -inf; shift by 0 so exp2 gives 0, not NaN.
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s * scale - (m_use + bias)[:, None])  # one multiply-add per score
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if UPCAST:  # interpreter: P@V in fp32 (as PyTorch's CPU attention does)
+        v = v.to(tl.float32)
+    else:  # GPU: P in the input dtype for the tensor-core P@V (a no-op for fp32)
+        p = p.to(v.dtype)
+    if IEEE:
+        acc = tl.dot(p, v, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(p, v, acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _bsa_fwd_kernel(
     Q,
     K,
@@ -143,66 +234,67 @@ def _bsa_fwd_kernel(
     count = tl.minimum(count, KB)
     idx_row = KV_IDX + b64 * stride_ib + h64 * stride_ih + qb * stride_iq
     # Indices are ascending, so sub-tiles wholly past Sk can only sit at the end of the last kept block: trim
-    # them from the trip count. (Correct for any order: the key mask below still covers every tile.)
+    # them from the trip count. Then only the last tile can be ragged (out-of-order lists: see the loop).
     last = tl.load(idx_row + tl.maximum(count - 1, 0), mask=count > 0, other=0)
     last_len = tl.minimum(Sk - last * SPARSE_BLOCK, SPARSE_BLOCK)
     n_iter = tl.where(count > 0, (count - 1) * SUB + (last_len + BLOCK_N - 1) // BLOCK_N, 0)
+    # A ragged key tail is masked on the last tile only, peeled off the loop, where the K/V tiles are async copies
+    # into shared memory. Where they are staged through registers instead (IEEE fp32, whose dots run on CUDA
+    # cores; head dims 72 and 88, whose d-masked loads Triton 3.9 does not turn into async copies), a peeled tile
+    # makes ptxas spill (16 to 900 bytes), so those variants keep the bound mask on every loop tile, and the half
+    # ones (at 255 registers) scale the scores before the max as before: the multiply-add form spills 16 bytes.
+    REG_STAGED: tl.constexpr = IEEE or (HEAD_DIM % 16 != 0)
+    PEEL: tl.constexpr = (not EVEN_K) and (not REG_STAGED)
+    MASK_LOOP: tl.constexpr = (not EVEN_K) and REG_STAGED
+    SCALE_FIRST: tl.constexpr = REG_STAGED and (not IEEE)
+    if PEEL:
+        n_main = tl.maximum(n_iter - 1, 0)
+    else:
+        n_main = n_iter
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # One flat loop over (kept block, sub-tile) so the pipeliner sees a single innermost loop.
-    for it in range(0, n_iter):
-        kb = tl.load(idx_row + it // SUB)
+    # One flat loop over (kept block, sub-tile) so the pipeliner sees a single innermost loop. The kept-block index
+    # is prefetched: loaded for the next iteration at the end of this one and carried, so a tile's K/V addresses
+    # are known an iteration ahead and the pipeliner multi-buffers the K/V copies. (Loaded in the iteration that
+    # uses it, the index is staged through shared memory and each iteration waits for every outstanding copy:
+    # two K/V buffers at most; tests/kernels/test_triton_aot.py checks the buffer count.)
+    kb = tl.load(idx_row)  # entry 0 always exists (KB >= 1); unused when count == 0
+    saw_ragged = 0
+    for it in range(0, n_main):
         start_n = kb * SPARSE_BLOCK + (it % SUB) * BLOCK_N
-        kt_ptrs = k_base + start_n.to(tl.int64) * stride_ks + (offs_n[None, :] * stride_ks + offs_d[:, None])
-        v_ptrs = v_base + start_n.to(tl.int64) * stride_vs + (offs_n[:, None] * stride_vs + offs_d[None, :])
-        if EVEN_K:
-            if PAD_D:
-                kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
-                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-            else:
-                kt = tl.load(kt_ptrs)
-                v = tl.load(v_ptrs)
+        if MASK_LOOP:
+            bias = 0.0
         else:
-            key_ok = (start_n + offs_n) < Sk
-            if PAD_D:
-                kt = tl.load(kt_ptrs, mask=d_ok[:, None] & key_ok[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-            else:
-                kt = tl.load(kt_ptrs, mask=key_ok[None, :], other=0.0)
-                v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
-        if UPCAST:
-            kt = kt.to(tl.float32)
-        if IEEE:
-            s = tl.dot(q, kt, input_precision="ieee")
-        else:
-            s = tl.dot(q, kt)
-        s = s * qk_scale
-        if HAS_KEY_VALID:
-            # Padding keys inside kept blocks; the load's bound (and other=0) also covers the key tail.
-            kv_ok = tl.load(KEY_VALID + start_n + offs_n, mask=(start_n + offs_n) < Sk, other=0) != 0
-            s = tl.where(kv_ok[None, :], s, float("-inf"))
-        elif not EVEN_K:
-            s = tl.where(key_ok[None, :], s, float("-inf"))
+            # Unmasked loads must stay inside the keys. With ascending indices no loop tile reaches past Sk; out of
+            # order, the last key block's tiles can: such a tile reads block 0 instead and weighs 0 (bias +inf),
+            # and the ragged one among them is attended after the loop.
+            outside = start_n + BLOCK_N > Sk
+            saw_ragged = saw_ragged | outside.to(tl.int32)
+            start_n = tl.where(outside, 0, start_n)
+            bias = tl.where(outside, float("inf"), 0.0)
+        acc, l_i, m_i = _attend_tile(
+            q, acc, l_i, m_i, k_base, v_base, KEY_VALID, start_n, bias, offs_n, offs_d, d_ok, Sk,
+            stride_ks, stride_vs, qk_scale, PAD_D, MASK_LOOP, UPCAST, IEEE, HAS_KEY_VALID, SCALE_FIRST,
+        )  # fmt: skip
+        kb = tl.load(idx_row + tl.minimum((it + 1) // SUB, KB - 1))
 
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row that has seen only masked keys keeps m = -inf; shift by 0 so exp2 gives 0, not NaN.
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        if UPCAST:  # interpreter: P@V in fp32 (as PyTorch's CPU attention does)
-            v = v.to(tl.float32)
-        else:  # GPU: P in the input dtype for the tensor-core P@V (a no-op for fp32)
-            p = p.to(V.dtype.element_ty)
-        if IEEE:
-            acc = tl.dot(p, v, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(p, v, acc)
-        m_i = m_new
+    if PEEL:
+        # The peeled tail: the last tile, and (out-of-order lists only) the ragged tile the loop skipped. A loop of
+        # one or two trips, so the masked tile body is emitted once; left to the pipeliner, its K/V copies go
+        # through shared memory (reusing the main loop's space) instead of registers: staged through registers
+        # (num_stages=1) or single-buffered (num_stages=2), sm_80 ptxas spills the 128x64, D=128 variants.
+        tail_start = last * SPARSE_BLOCK + ((n_iter - 1) % SUB) * BLOCK_N
+        ragged_start = ((Sk - 1) // BLOCK_N) * BLOCK_N
+        n_tail = tl.minimum(n_iter, 1) + saw_ragged
+        for t in range(0, n_tail):
+            start_n = tl.where(t == 0, tail_start, ragged_start)
+            acc, l_i, m_i = _attend_tile(
+                q, acc, l_i, m_i, k_base, v_base, KEY_VALID, start_n, 0.0, offs_n, offs_d, d_ok, Sk,
+                stride_ks, stride_vs, qk_scale, PAD_D, True, UPCAST, IEEE, HAS_KEY_VALID, SCALE_FIRST,
+            )  # fmt: skip
 
     empty = l_i == 0.0  # no kept key: zeros and LSE -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -246,8 +338,9 @@ def padded_head_dim(head_dim: int) -> int:
 
 
 # GPU config table: (dtype class, padded head dim row, mask block size row) -> tiles. Chosen for H100 and checked
-# for A100 too (tests/kernels/test_triton_aot.py): every entry compiles for sm_80 and sm_90 within shared memory
-# and without register spills for D = 64 and 128 (sm_80 ptxas spills 16 bytes in four D=80/96 variants).
+# for A100 too (tests/kernels/test_triton_aot.py): every entry compiles for sm_80 and sm_90 within shared memory,
+# without register spills for any head dim, and with the K/V tiles of the main loop multi-buffered (3 buffers on
+# sm_90, 2 on sm_80 for fp16/bf16; the fp32 entries, num_stages 2, are single-buffered).
 # 128-row tiles take 8 warps (4 warps hit 255 registers and spill). fp32 runs exact IEEE dots on CUDA cores,
 # whose operands live in registers, hence its small tiles (64x64 fp32 tiles spill kilobytes).
 _GPU_CONFIGS = {
@@ -486,6 +579,13 @@ def _launch(
         out.zero_()
         lse.fill_(float("-inf"))
         return out, lse
+
+    # The kernel takes the row max of the unscaled scores and scales it, which needs scale > 0: fold a sign into q
+    # (exact), and run scale 0 (uniform weights over the kept keys) as zero scores at scale 1.
+    if scale < 0:
+        q, scale = -q, -scale
+    elif scale == 0:
+        q, scale = torch.zeros_like(q), 1.0
 
     constexprs, cfg = kernel_constexprs(q.dtype, D, block_size, Sk, interpret, key_valid=key_valid is not None)
     if config is not None:
