@@ -1,8 +1,10 @@
 """Ahead-of-time compile of every kernel variant the Triton launcher can pick, for A100 (sm_80) and H100 (sm_90).
 
 No GPU is needed: ``triton.compile`` targets an explicit ``GPUTarget``. The tests check that each variant
-compiles, that its shared memory fits the device, and that ptxas reports no register spills; they print a table
-(``pytest -s``); with ``ACCEL_WRITE_RESULTS=1`` also write it to ``benchmarks/results/triton_aot_cpu.txt``.
+compiles, that its shared memory fits the device, that ptxas reports no register spills, and that the software
+pipeliner multi-buffers the K/V tiles of the main loop (read from the TTGIR: the leading dimension of the shared
+memory buffers the loop's K and V copies land in); they print a table (``pytest -s``); with
+``ACCEL_WRITE_RESULTS=1`` also write it to ``benchmarks/results/triton_aot_cpu.txt``.
 
 Under ``TRITON_INTERPRET=1`` (set by conftest on CPU hosts) ``@triton.jit`` yields an interpreted function that
 cannot be compiled, so the compile runs in a subprocess with the interpreter off: this file run as a script.
@@ -29,6 +31,8 @@ SMEM_LIMIT = {80: 166912, 90: 232448}
 ARCH_NAME = {80: "sm_80 (A100)", 90: "sm_90 (H100)"}
 LAUNCH_HEAD_DIMS = (64, 128)  # the padded head dims the config table is keyed on
 PADDED_HEAD_DIMS = (72, 80, 88, 96)
+# Issue 24: on H100 the main loop must keep at least three K/V tiles in flight (tensor-core variants).
+MIN_KV_BUFFERS_SM90 = 3
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -127,6 +131,56 @@ def _ptxas_usage(ptx: str, arch: int) -> dict:
     )
 
 
+_BUFFER_ALLOC = re.compile(r"= ttg\.local_alloc : \(\) -> !ttg\.memdesc<(\d+)x(\d+)x(\d+)x(\w+),")
+_TTGIR_ELEM = {"fp16": "f16", "bf16": "bf16", "fp32": "f32"}
+
+
+def _first_loop_end(ttgir: str) -> int:
+    """Offset just past the first ``scf.for`` region (the kernel's main loop), matched by braces; 0 if none."""
+    start = ttgir.find("scf.for ")
+    if start < 0:
+        return 0
+    # The op's line can hold braces of its own (result types such as #ttg.slice<{...}>); the region opens with
+    # the "{" that ends the line.
+    depth = 0
+    for i in range(ttgir.index("{\n", start), len(ttgir)):
+        if ttgir[i] == "{":
+            depth += 1
+        elif ttgir[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    raise ValueError("unbalanced scf.for region in the TTGIR")
+
+
+def kv_buffer_count(ttgir: str, block_d: int, block_n: int, dtype_name: str) -> int:
+    """Shared-memory buffers the main loop's K and V tiles rotate through (the fewer of the two; 0 if none).
+
+    The software pipeliner turns the loop's K/V loads into async copies into ``ttg.local_alloc`` buffers of shape
+    ``[count, BLOCK_D, BLOCK_N]`` (K^T) and ``[count, BLOCK_N, BLOCK_D]`` (V), allocated ahead of the loop they
+    serve (a later loop, such as the peeled key tail, gets its own after the main loop); ``count`` is how many
+    tiles can be in flight. With the kept-block index loaded inside the iteration that uses it (it is then staged
+    through shared memory and every iteration starts by waiting for all copies), Hopper gets 2, not 3.
+    """
+    elem = _TTGIR_ELEM[dtype_name]
+    end = _first_loop_end(ttgir)
+    counts = [
+        int(m.group(1))
+        for m in _BUFFER_ALLOC.finditer(ttgir)
+        if m.start() < end and m.group(4) == elem and {int(m.group(2)), int(m.group(3))} == {block_d, block_n}
+    ]
+    return min(counts) if len(counts) >= 2 else 0
+
+
+def expected_kv_buffers(row: dict) -> int:
+    """The K/V buffer count a fully pipelined main loop gets from Triton 3.9 for the variant's ``num_stages``:
+    ``num_stages`` on sm_90 for tensor-core dots (fp16/bf16), ``num_stages - 1`` otherwise (sm_80, and the fp32
+    CUDA-core dots, whose ``num_stages=2`` config is single-buffered)."""
+    if row["arch"] >= 90 and row["dtype"] != "fp32":
+        return row["num_stages"]
+    return row["num_stages"] - 1
+
+
 def _compile_worker(archs: list[int], head_dims: tuple[int, ...]) -> None:
     import torch
     import triton
@@ -165,7 +219,12 @@ def _compile_worker(archs: list[int], head_dims: tuple[int, ...]) -> None:
                     target=GPUTarget("cuda", arch, 32),
                     options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
                 )
-                row.update(ok=True, shared=int(kernel.metadata.shared), **_ptxas_usage(kernel.asm["ptx"], arch))
+                row.update(
+                    ok=True,
+                    shared=int(kernel.metadata.shared),
+                    kv_buffers=kv_buffer_count(kernel.asm["ttgir"], spec["block_d"], cfg.block_n, dtype_name),
+                    **_ptxas_usage(kernel.asm["ptx"], arch),
+                )
             except Exception as exc:  # reported (and failed) by the test
                 row.update(ok=False, error=f"{type(exc).__name__}: {str(exc)[:2000]}")
             row["seconds"] = round(time.perf_counter() - t0, 2)
@@ -201,7 +260,8 @@ def _run_workers(archs: list[int], head_dims: tuple[int, ...]) -> list[dict]:
 def _format(rows: list[dict]) -> str:
     head = (
         f"{'arch':<6} {'dtype':<5} {'D':>3} {'Dpad':>4} {'bs':>4} {'evenK':>5} {'keyV':>5} {'tile':>7} {'warps':>5} "
-        f"{'stages':>6} {'smem B':>7} {'smem%':>6} {'regs':>4} {'spill st/ld':>11} {'stack':>5} {'sec':>5}"
+        f"{'stages':>6} {'kvbuf':>5} {'smem B':>7} {'smem%':>6} {'regs':>4} {'spill st/ld':>11} {'stack':>5} "
+        f"{'sec':>5}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -213,7 +273,7 @@ def _format(rows: list[dict]) -> str:
         spill = f"{r['spill_stores']}/{r['spill_loads']}"
         lines.append(
             key + f"{str(r['even_k']):>5} {str(r['key_valid']):>5} {tile:>7} {r['num_warps']:>5} {r['num_stages']:>6} "
-            f"{r['shared']:>7} "
+            f"{r['kv_buffers']:>5} {r['shared']:>7} "
             f"{100 * r['shared'] / SMEM_LIMIT[r['arch']]:>5.1f}% {r['regs']:>4} {spill:>11} {r['stack']:>5} "
             f"{r['seconds']:>5.1f}"
         )
@@ -229,9 +289,8 @@ def _compile_and_report(head_dims: tuple[int, ...], title: str, mode: str) -> li
     text = (
         f"# {title}: Triton {triton.__version__}, {len(rows)} variants, {elapsed:.1f} s wall "
         "(Triton's cache makes repeat runs fast)\n"
-        f"# smem limit: sm_80 {SMEM_LIMIT[80]} B, sm_90 {SMEM_LIMIT[90]} B; regs and spill bytes from ptxas -v\n"
-        + _format(rows)
-        + "\n"
+        f"# smem limit: sm_80 {SMEM_LIMIT[80]} B, sm_90 {SMEM_LIMIT[90]} B; regs and spill bytes from ptxas -v; "
+        "kvbuf: shared-memory buffers the main loop's K/V copies rotate through (TTGIR)\n" + _format(rows) + "\n"
     )
     if os.environ.get("ACCEL_WRITE_RESULTS"):  # refresh the committed table on purpose, not on every test run
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +301,8 @@ def _compile_and_report(head_dims: tuple[int, ...], title: str, mode: str) -> li
 
 
 def _check(rows: list[dict], arch: int, max_spill_bytes: int = 0) -> None:
+    """Every variant compiled, fits shared memory, spills at most ``max_spill_bytes``, and (where Triton turns
+    its K/V loads into async copies) multi-buffers K/V as deep as its ``num_stages`` allows."""
     rows = [r for r in rows if r["arch"] == arch]
     failed = [r for r in rows if not r["ok"]]
     assert not failed, _format(failed)
@@ -250,6 +311,14 @@ def _check(rows: list[dict], arch: int, max_spill_bytes: int = 0) -> None:
     assert all(r["regs"] > 0 and r["spill_stores"] >= 0 for r in rows), "could not parse ptxas -v output"
     spilled = [r for r in rows if max(r["spill_stores"], r["spill_loads"]) > max_spill_bytes]
     assert not spilled, "register spills:\n" + _format(spilled)
+    # Head dims 72 and 88 (d-masked loads in 8-element runs) get no async copies from Triton 3.9: their K/V go
+    # through registers (kvbuf 0), which no loop restructuring changes; every other variant must be pipelined.
+    piped = [r for r in rows if r["head_dim"] % 16 == 0]
+    shallow = [r for r in piped if r["kv_buffers"] < expected_kv_buffers(r)]
+    assert not shallow, "K/V not multi-buffered as deep as num_stages allows:\n" + _format(shallow)
+    if arch >= 90:
+        hopper = [r for r in piped if r["dtype"] != "fp32" and r["kv_buffers"] < MIN_KV_BUFFERS_SM90]
+        assert not hopper, f"fewer than {MIN_KV_BUFFERS_SM90} K/V buffers on sm_90:\n" + _format(hopper)
 
 
 @pytest.fixture(scope="module")
@@ -290,8 +359,8 @@ def test_padded_head_dims_compile():
     """The D-masked variants (72, 80, 88, 96 pad to 128): separate compiles, same configs.
 
     sm_90 must not spill. On sm_80, ptxas (12.9) caps a few 8-warp D=80/96 variants at 128 registers to fit
-    two CTAs per SM and spills 12-16 bytes (forcing ``maxnreg=255`` removes the spill but halves occupancy);
-    that is its occupancy trade-off, not a config that does not fit, so up to 32 bytes are tolerated there.
+    two CTAs per SM, and spilled 12-16 bytes there before the loop prefetched its block index (none since);
+    that is its occupancy trade-off, not a config that does not fit, so up to 32 bytes stay tolerated there.
     """
     pytest.importorskip("triton.backends.nvidia.compiler")
     rows = _compile_and_report(PADDED_HEAD_DIMS, "AOT compile of the D-masked head dims 72, 80, 88, 96", "a")
