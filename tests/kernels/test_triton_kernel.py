@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from accel.attention_kernels import BlockMask, block_sparse_attention
 from accel.attention_kernels.naive import reference_attention
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -183,6 +183,85 @@ def test_unsorted_and_padded_indices_are_safe():
     shuffled = BlockMask(mask.kv_num_blocks, idx, case.bs)
     out, lse = block_sparse_attention(q, k, v, shuffled, backend="triton", return_lse=True)
     _report("unsorted-indices", check_against_reference(q, k, v, mask, case.D**-0.5, out, lse))
+
+
+def _key_valid_mask(Sq: int, Sk: int, bs: int, seed: int, unsorted: bool, with_key_valid: bool = True) -> BlockMask:
+    """A per-head mask with padding keys in the middle (one key block mostly padding, scattered padding elsewhere;
+    none without ``with_key_valid``) and, with ``unsorted``, every kept-index list reversed (the last, possibly
+    partial key block first)."""
+    g = torch.Generator().manual_seed(seed)
+    qb, kb = math.ceil(Sq / bs), math.ceil(Sk / bs)
+    dense = torch.rand(1, 2, qb, kb, generator=g) < 0.6
+    dense[..., kb - 1] = True  # every row keeps the last key block, whose tail is ragged
+    key_valid = torch.rand(Sk, generator=g) >= 0.2
+    key_valid[bs + 3 : 2 * bs - 5] = False  # a run of padding inside the second block
+    key_valid[::bs] = True  # a real key in every block
+    if not with_key_valid:
+        key_valid = None
+    mask = BlockMask.from_dense(dense, bs, key_valid)
+    if not unsorted:
+        return mask
+    idx = mask.kv_indices.clone()
+    for h in range(idx.shape[1]):
+        for row in range(qb):
+            n = int(mask.kv_num_blocks[0, h, row])
+            idx[0, h, row, :n] = idx[0, h, row, :n].flip(0)
+    return BlockMask(mask.kv_num_blocks, idx, bs, key_valid)
+
+
+# Interpreter tiles are 64 keys, so 128-key mask blocks hold two sub-tiles: 424 = 3 * 128 + 40 puts a ragged
+# sub-tile and a sub-tile wholly past the keys in the last block; 448 = 3 * 128 + 64 is EVEN_K with a sub-tile
+# wholly past the keys. 200 = 3 * 64 + 8 with 64-key blocks: one sub-tile per block, the last one ragged.
+RAGGED_KEY_VALID = [(424, 128), (448, 128), (200, 64)]
+
+
+@pytest.mark.parametrize("with_key_valid", [True, False], ids=["keyvalid", "nokeyvalid"])
+@pytest.mark.parametrize("unsorted", [False, True], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("Sk,bs", RAGGED_KEY_VALID, ids=[f"k{k}-bs{b}" for k, b in RAGGED_KEY_VALID])
+def test_ragged_tail_and_key_valid(Sk: int, bs: int, unsorted: bool, with_key_valid: bool):
+    """A partial last tile (peeled off the loop) together with padding keys in the middle, in ascending and in
+    reversed index order (where the loop must skip the tiles reaching past the keys and attend the ragged one
+    after it). Without key_valid, the reversed EVEN_K case (448) read a sub-tile past the keys unmasked before
+    issue 24's loop."""
+    g = torch.Generator().manual_seed(5)
+    B, H, Sq, D = 1, 2, 160, 64
+    q, k, v = (torch.randn(B, S, H, D, generator=g).to(torch.bfloat16) for S in (Sq, Sk, Sk))
+    mask = _key_valid_mask(Sq, Sk, bs, seed=6, unsorted=unsorted, with_key_valid=with_key_valid)
+    out, lse = block_sparse_attention(q, k, v, mask, backend="triton", return_lse=True)
+    _report(f"ragged-k{Sk}-bs{bs}-{'unsorted' if unsorted else 'sorted'}-{'kv' if with_key_valid else 'nokv'}",
+            check_against_reference(q, k, v, mask, D**-0.5, out, lse))  # fmt: skip
+
+
+@pytest.mark.parametrize("Sk,bs", RAGGED_KEY_VALID, ids=[f"k{k}-bs{b}" for k, b in RAGGED_KEY_VALID])
+def test_fp32_ieee_variant_under_interpreter(Sk: int, bs: int):
+    """The GPU's fp32 variant (IEEE dots: K/V staged through registers, so the bound mask stays on every loop
+    tile instead of a peeled tail) run through the interpreter, with its 64x32 tiles, padding keys and reversed
+    index lists."""
+    from accel.attention_kernels import triton_block_sparse as tbs
+
+    g = torch.Generator().manual_seed(7)
+    B, H, Sq, D = 1, 2, 130, 64
+    q, k, v = (torch.randn(B, S, H, D, generator=g) for S in (Sq, Sk, Sk))
+    mask = _key_valid_mask(Sq, Sk, bs, seed=8, unsorted=True)
+    constexprs, cfg = tbs.kernel_constexprs(torch.float32, D, bs, Sk, interpret=False, key_valid=True)
+    assert constexprs["IEEE"] and not constexprs["UPCAST"] and cfg.block_n < bs
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, Sq, dtype=torch.float32)
+    scale = D**-0.5
+    key_valid = mask.key_valid.view(torch.uint8)
+    args = tbs.kernel_args(q, k, v, out, lse, mask.kv_num_blocks, mask.kv_indices, scale, key_valid)
+    tbs._bsa_fwd_kernel[(triton.cdiv(Sq, cfg.block_m), B * H)](*args, **constexprs)
+    _report(f"fp32-ieee-k{Sk}-bs{bs}", check_against_reference(q, k, v, mask, scale, out, lse))
+
+
+@pytest.mark.parametrize("scale", [-0.3, 0.0])
+def test_nonpositive_scale(scale: float):
+    """The kernel scales the unscaled row max, which needs scale > 0: the launcher folds a negative scale into q
+    and runs scale 0 (uniform weights over the kept keys) as zero scores."""
+    case = Case(1, 2, 130, 200, 64, 64, 0.5, mask_bh=(1, 2))
+    q, k, v, mask = make_inputs(case, torch.float16, seed=4)
+    out, lse = block_sparse_attention(q, k, v, mask, scale=scale, backend="triton", return_lse=True)
+    _report(f"scale{scale:g}", check_against_reference(q, k, v, mask, scale, out, lse))
 
 
 # ------------------------------------------------------------------------------------------------------------
