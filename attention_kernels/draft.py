@@ -219,6 +219,45 @@ def draft_keep_count(num_video_blocks: int, sparsity: float) -> int:
     return min(total, max(1, math.ceil(round((1.0 - sparsity) * total, 9))))
 
 
+class DraftBlockMask(BlockMask):
+    """:func:`draft_block_mask`'s result: a :class:`BlockMask` whose summary costs no host sync before a launch.
+
+    ``BlockMask`` reduces its density and empty query blocks together, with one device-to-host copy that the
+    kernel entry point's ``require_keys`` check would wait for right before every Draft launch. Here neither
+    waits for the launch:
+
+    - ``empty_query_blocks`` is 0 by construction: every query block keeps its own (diagonal) block, which holds
+      a real key whenever the block holds a real token (the mask is square over one permuted sequence), and text
+      rows keep every block. ``tests/kernels/test_draft.py`` checks it against the reduction.
+    - the kept-block count (which depends on how many top-k entries fall on the diagonal) is reduced on the
+      device when the mask is built and copied to pinned host memory without blocking; ``density`` waits for that
+      copy only, which the stream runs before the attention kernel launched after the mask, not for the kernel.
+    """
+
+    def __init__(self, kv_num_blocks, kv_indices, block_size, key_valid=None):
+        super().__init__(kv_num_blocks, kv_indices, block_size, key_valid)
+        kept = self.kv_num_blocks.sum(dtype=torch.int64)
+        self._kept_event = None
+        if kept.is_cuda:
+            host = torch.empty((), dtype=torch.int64, pin_memory=True)
+            host.copy_(kept, non_blocking=True)
+            self._kept_event = torch.cuda.Event()
+            self._kept_event.record(torch.cuda.current_stream(kept.device))
+            kept = host
+        self._kept = kept
+
+    @functools.cached_property
+    def _summary(self) -> tuple[float, int]:
+        if self._kept_event is not None:
+            self._kept_event.synchronize()
+        total = self.kv_num_blocks.numel() * self.num_k_blocks
+        return int(self._kept) / max(total, 1), 0
+
+    @property
+    def empty_query_blocks(self) -> int:
+        return 0
+
+
 def _check_sparsity(sparsity: float) -> float:
     sparsity = float(sparsity)
     if not (0.0 <= sparsity < 1.0):
@@ -242,8 +281,9 @@ def draft_block_mask(
     q_perm, k_perm ``[B, Lp, H, D]``. The draft map ``softmax(q̄ k̄ᵀ * scale)`` (``[B, H, S, S]`` over the ``S``
     video blocks, ``scale`` default ``D**-0.5``) keeps its ``draft_keep_count(S, sparsity)`` largest entries per
     (batch, head) (``torch.topk`` over all ``S²``), plus the diagonal. Every row and column involving a text block
-    is kept. Returns a :class:`BlockMask` ``[B, H, NB, NB]`` with ``key_valid`` marking the padding slots (None when
-    the permutation has no padding).
+    is kept. Returns a :class:`DraftBlockMask` ``[B, H, NB, NB]`` with ``key_valid`` marking the padding slots (None
+    when the permutation has no padding); its density and empty-query-block count need no host sync before a
+    kernel launch.
     """
     sparsity = _check_sparsity(sparsity)
     perm = draft_permutation(layout, block_size, patch)
@@ -270,7 +310,7 @@ def draft_block_mask(
 
     dense = torch.ones(B, H, roles.num_blocks, roles.num_blocks, dtype=torch.bool, device=device)
     dense[:, :, roles.video_blocks, roles.video_blocks] = keep
-    return BlockMask.from_dense(dense, block_size, key_valid=key_valid)
+    return DraftBlockMask.from_dense(dense, block_size, key_valid=key_valid)
 
 
 def draft_attention(

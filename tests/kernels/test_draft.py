@@ -23,6 +23,7 @@ import pytest
 import torch
 from accel.attention_kernels import BlockMask, TokenLayout, block_sparse_attention
 from accel.attention_kernels.draft import (
+    DraftBlockMask,
     block_mean_pool,
     block_mean_pool2,
     draft_attention,
@@ -323,6 +324,41 @@ def test_draft_mask_extremes_and_validation():
             draft_block_mask(qp, kp, layout, bad, block_size=bs, patch=patch)
     with pytest.raises(ValueError, match="permuted by draft_permutation"):
         draft_block_mask(q, k, layout, 0.5, block_size=bs, patch=patch)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.7, 0.999])
+@pytest.mark.parametrize("case", MASK_CASES, ids=_case_id)
+def test_draft_mask_summary_is_known_without_sync(case, sparsity):
+    """The draft mask's summary (no empty query block by construction, density from the kept count copied
+    without blocking) equals BlockMask's own reduction, padded layouts included."""
+    layout, bs, patch = case
+    perm, q, k, _ = _perm_inputs(layout, bs, patch, seed=2)
+    mask = draft_block_mask(perm.apply(q), perm.apply(k), layout, sparsity, block_size=bs, patch=patch)
+    assert isinstance(mask, DraftBlockMask)
+    plain = BlockMask(mask.kv_num_blocks, mask.kv_indices, mask.block_size, mask.key_valid)
+    assert mask.empty_query_blocks == plain.empty_query_blocks == 0
+    assert mask.density == plain.density
+
+
+@pytest.mark.gpu
+def test_draft_launch_path_has_no_host_sync():
+    """On CUDA, building the draft mask, the kernel entry's require_keys check and the launch run without a host
+    sync (after a warm-up call has cached the permutation's device copies and compiled the kernels); the density
+    the method reports is read afterwards."""
+    pytest.importorskip("triton")
+    layout, bs, patch = TokenLayout(2, 8, 13, 5, "first"), 32, (4, 8)
+    _, q, k, v = _perm_inputs(layout, bs, patch, B=1, H=2, D=64, seed=4)
+    q, k, v = (t.cuda().half() for t in (q, k, v))
+    kw = dict(block_size=bs, patch=patch, backend="triton", return_mask=True, require_keys=True)
+    draft_attention(q, k, v, layout, 0.75, **kw)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _, mask = draft_attention(q, k, v, layout, 0.75, **kw)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    plain = BlockMask(mask.kv_num_blocks, mask.kv_indices, mask.block_size, mask.key_valid)
+    assert mask.density == plain.density and plain.empty_query_blocks == 0
 
 
 # ------------------------------------------------------------------------------------------------------------
