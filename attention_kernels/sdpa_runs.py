@@ -2,20 +2,25 @@
 
 Structured masks (radial, Re-ttention bands, Sparse-vDiT patterns, Draft after its permutation) keep, in each
 query-block row, a short union of contiguous runs of key blocks, and neighbouring rows share most of them. A plan
-(built once per mask on the host, :func:`plan_mask`) tiles the kept blocks of each ``[QB, KB]`` mask slice with
-disjoint pieces:
+(built once per mask on the host, :func:`plan_mask`) splits the kept blocks of each ``[QB, KB]`` mask slice into
+disjoint pieces, each one fused attention call over a range of query blocks:
 
-- **tiles**: rectangles (query-block range x key-block range) at least ``min_tile_rows`` blocks tall. Each runs as
-  one fused attention call on contiguous views of q and k/v: no copies, and long query runs, which the fused CPU
-  kernel tiles best (it takes 256-row query splits from 768 queries on).
-- **leftovers**: the kept blocks no tile took, per query-block row (diagonal bands whose position moves from row to
-  row). Rows with the same number of leftover blocks run together: their key blocks are gathered (a block copy,
-  small next to the attention over it) into one batched call.
+- **tiles**: rectangles (query-block range x key-block range) at least :data:`MIN_TILE_TOKENS` tall, found by a
+  sweep down the rows (near frames, sinks, full heads). They run on contiguous views of q and k/v: no copies, and
+  long query runs, which the fused CPU kernel tiles best (256-row query splits from 768 queries on; under 192
+  queries it takes 32-row splits and runs at about 0.7 of its long-sequence speed).
+- **strips**: the rest, grouped by column runs: every key block whose run of kept rows is exactly ``[r0, r1)``
+  joins the strip ``(r0, r1)``. A diagonal band a few blocks wide, moving one block per row (radial's far frames,
+  Re-ttention's window), has column runs as tall as the band is wide, so a strip runs several query blocks (a
+  view) against its key blocks gathered into one sequence (a block copy into a reused buffer).
 
-Every piece returns its output and natural-log LSE; pieces are merged per row by log-sum-exp into an fp32
-accumulator. Keys past ``Sk`` never enter a call (views end at ``Sk``; gathered tails are masked), padding keys
-(``BlockMask.key_valid`` False) are masked with a ``-inf`` bias, and a piece whose keys are all padding is dropped
+Every piece returns its output and natural-log LSE; pieces merge per query row by log-sum-exp in a few vectorised
+ops. Keys past ``Sk`` never count (views end at ``Sk``; gathered tails are masked), padding keys
+(``BlockMask.key_valid`` False) are masked with a ``-inf`` bias, and key blocks without a valid key are dropped
 when the plan is built, so a row with no valid key ends as zeros with LSE ``-inf``.
+
+Measured on the 2-core development CPU (fp32, radial at Wan 480x832x81, 32,760 tokens, density 0.339): 2.5x over
+SDPA, 0.86 of SDPA's speed per kept block (benchmarks/results/attention_cpu.md).
 
 The fused call with LSE: torch's CPU flash kernel on CPU; FlashAttention (fp16/bf16, no bias) or memory-efficient
 attention (fp32 or a bias) on CUDA/ROCm; elsewhere (MPS, XPU) the math path in query chunks, since no public fused
@@ -26,6 +31,7 @@ Layouts: q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]`` (the public API's), views ``
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -36,23 +42,24 @@ from .block_mask import BlockMask
 
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-# A tile must cover at least this many query tokens: below that the fused CPU kernel splits queries in 32-row
-# pieces and runs at about 0.7 of its long-sequence speed, no better than a gathered leftover call.
-MIN_TILE_TOKENS = 256
+# A tile must cover at least this many query tokens; shorter rectangles go to the strips, which group them by
+# column runs (measured on CPU: 256 made thousands of short tiles at Wan size, 512 and 1024 ran alike).
+MIN_TILE_TOKENS = 512
 # A tile keeps running down the rows while the next row still holds this share of its key range (the rest of the
 # range, above the rows already passed, is cut off as a thin tile of its own).
 KEEP_WIDTH = 0.6
-# Cap on the gathered keys of one leftover call (elements of K), to bound the copy's memory.
-GATHER_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
 class SlicePlan:
-    """How one ``[QB, KB]`` mask slice runs: ``tiles`` ``[T, 4]`` int64 rows ``(q0, q1, k0, k1)`` in blocks
-    (half-open), and ``leftovers``: ``(rows [G], key_blocks [G, n])`` groups, rows with ``n`` leftover blocks."""
+    """How one ``[QB, KB]`` mask slice runs, as disjoint pieces over query-block ranges ``[r0, r1)``:
+
+    - ``tiles`` ``[T, 4]`` int64 rows ``(r0, r1, k0, k1)``: a contiguous key-block range, run on views;
+    - ``strips``: ``(r0, r1, key_blocks [n])``: the listed key blocks, gathered.
+    """
 
     tiles: np.ndarray
-    leftovers: tuple[tuple[np.ndarray, np.ndarray], ...]
+    strips: tuple[tuple[int, int, np.ndarray], ...]
 
     @property
     def tile_list(self) -> list[tuple[int, int, int, int]]:
@@ -60,7 +67,7 @@ class SlicePlan:
 
     @property
     def calls(self) -> int:
-        return len(self.tiles) + len(self.leftovers)
+        return len(self.tiles) + len(self.strips)
 
 
 def _runs(row: np.ndarray) -> list[tuple[int, int]]:
@@ -70,16 +77,16 @@ def _runs(row: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def _tile(kept: np.ndarray, min_rows: int) -> SlicePlan:
-    """Tile a bool ``[QB, KB]`` slice: sweep the rows keeping open rectangles that run down while they fit."""
+def _tall_tiles(kept: np.ndarray, min_rows: int) -> list[tuple[int, int, int, int]]:
+    """Rectangles at least ``min_rows`` tall inside ``kept`` (bool ``[QB, KB]``), disjoint: a sweep down the rows
+    keeps open rectangles running while the next row still holds :data:`KEEP_WIDTH` of their key range."""
     qb, _ = kept.shape
     tiles: list[tuple[int, int, int, int]] = []
-    thin: list[tuple[int, int, int, int]] = []
     open_: list[tuple[int, int, int]] = []  # (k0, k1, r0)
 
     def close(k0, k1, r0, r1):
-        if k1 > k0 and r1 > r0:
-            (tiles if r1 - r0 >= min_rows else thin).append((r0, r1, k0, k1))
+        if k1 > k0 and r1 - r0 >= min_rows:
+            tiles.append((r0, r1, k0, k1))
 
     for r in range(qb + 1):
         row = kept[r] if r < qb else np.zeros(kept.shape[1], dtype=bool)
@@ -102,72 +109,76 @@ def _tile(kept: np.ndarray, min_rows: int) -> SlicePlan:
         for k0, k1, _ in still:
             free[k0:k1] = False
         open_ = still + [(a, b, r) for a, b in _runs(free)]
-    # Cells of short rectangles go to their rows' leftovers.
-    left = np.zeros_like(kept)
-    for r0, r1, k0, k1 in thin:
-        left[r0:r1, k0:k1] = True
-    by_count: dict[int, list[int]] = {}
-    counts = left.sum(1)
-    for r in np.flatnonzero(counts).tolist():
-        by_count.setdefault(int(counts[r]), []).append(r)
-    leftovers = []
-    for _, rows in sorted(by_count.items()):
-        rows_a = np.asarray(rows, dtype=np.int64)
-        cols = np.stack([np.flatnonzero(left[r]) for r in rows]).astype(np.int64)
-        leftovers.append((rows_a, cols))
-    arr = np.asarray(tiles, dtype=np.int64).reshape(-1, 4)
-    return SlicePlan(arr, tuple(leftovers))
+    return tiles
 
 
-def _drop_padding(plan: SlicePlan, block_live: np.ndarray) -> SlicePlan:
-    """Drop key blocks holding no valid key: tiles are trimmed (or dropped), leftover blocks removed."""
-    if block_live.all():
-        return plan
-    tiles = []
-    for r0, r1, k0, k1 in plan.tiles.tolist():
-        for a, b in _runs(block_live[k0:k1]):
-            tiles.append((r0, r1, k0 + a, k0 + b))
-    by_count: dict[int, list[tuple[int, np.ndarray]]] = {}
-    for rows, cols in plan.leftovers:
-        for r, c in zip(rows.tolist(), cols, strict=True):
-            c = c[block_live[c]]
-            if c.size:
-                by_count.setdefault(c.size, []).append((r, c))
-    leftovers = tuple(
-        (np.asarray([r for r, _ in items], dtype=np.int64), np.stack([c for _, c in items]))
-        for _, items in sorted(by_count.items())
-    )
-    return SlicePlan(np.asarray(tiles, dtype=np.int64).reshape(-1, 4), leftovers)
+def _strips(left: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """The cells of ``left`` (bool ``[QB, KB]``) grouped by column runs: every key block whose run of kept rows is
+    exactly ``[r0, r1)`` joins the strip ``(r0, r1)``. A diagonal band (a few blocks wide, moving one block per row)
+    has column runs as tall as it is wide, so its strips run several query blocks per call where per-row groups
+    would run one."""
+    qb = left.shape[0]
+    edges = np.diff(np.pad(left, ((1, 1), (0, 0))).astype(np.int8), axis=0).T  # [KB, QB+1], per column
+    col_s, r0 = np.nonzero(edges == 1)
+    col_e, r1 = np.nonzero(edges == -1)  # row-major order pairs each start with its end
+    assert np.array_equal(col_s, col_e)
+    key = r0 * (qb + 1) + r1
+    order = np.argsort(key, kind="stable")
+    key, cols = key[order], col_s[order]
+    bounds = np.flatnonzero(np.diff(key)) + 1
+    return [
+        (int(k // (qb + 1)), int(k % (qb + 1)), c.astype(np.int64))
+        for k, c in zip(
+            key[np.r_[0, bounds]].tolist() if key.size else [], np.split(cols, bounds) if key.size else [], strict=True
+        )  # fmt: skip
+    ]
+
+
+def _plan_slice(kept: np.ndarray, live: np.ndarray, min_rows: int) -> SlicePlan:
+    """Tall tiles first, then strips for the rest; key blocks without a valid key (``live`` False) are dropped."""
+    kept = kept & live[None, :]
+    tiles = _tall_tiles(kept, min_rows)
+    left = kept.copy()
+    for r0, r1, k0, k1 in tiles:
+        left[r0:r1, k0:k1] = False
+    strips = []
+    for r0, r1, cols in _strips(left):
+        if cols[-1] - cols[0] + 1 == cols.size:  # contiguous: a tile, run on a view
+            tiles.append((r0, r1, int(cols[0]), int(cols[-1]) + 1))
+        else:
+            strips.append((r0, r1, cols))
+    return SlicePlan(np.asarray(tiles, dtype=np.int64).reshape(-1, 4), tuple(strips))
 
 
 @dataclass(frozen=True)
 class MaskPlan:
-    """Per distinct mask slice: its plan and the ``(batch, head)`` slices of the mask that share it."""
+    """Per distinct mask slice: its plan and the ``(batch, head)`` slices of the mask that share it; ``partial``
+    (bool ``[KB]``): key blocks holding padding or the sequence's end, which a gathered call must mask."""
 
     groups: tuple[tuple[SlicePlan, tuple[tuple[int, int], ...]], ...]
     block_size: int
+    partial: np.ndarray
 
     @property
     def calls(self) -> int:
         return sum(p.calls for p, members in self.groups)
 
 
-def plan_mask(mask: BlockMask, q_len: int, min_tile_tokens: int = MIN_TILE_TOKENS) -> MaskPlan:
-    """The run plan of ``mask`` (cached on the mask object; one per query length and tile height)."""
+def plan_mask(mask: BlockMask, q_len: int, k_len: int, min_tile_tokens: int | None = None) -> MaskPlan:
+    """The run plan of ``mask`` for these lengths (cached on the mask object; tiles at least ``min_tile_tokens``
+    tall, default :data:`MIN_TILE_TOKENS`)."""
+    min_tile_tokens = MIN_TILE_TOKENS if min_tile_tokens is None else min_tile_tokens
     per_mask = _PLANS.setdefault(mask, {})
-    key = (q_len, min_tile_tokens)
+    key = (q_len, k_len, min_tile_tokens)
     if key in per_mask:
         return per_mask[key]
     bs = mask.block_size
     dense = mask.to_dense().cpu().numpy()  # [Bm, Hm, QB, KB]
     kb = mask.num_k_blocks
-    if mask.key_valid is None:
-        live = np.ones(kb, dtype=bool)
-    else:
-        valid = mask.key_valid.cpu().numpy()
-        live = np.zeros(kb * bs, dtype=bool)
-        live[: valid.size] = valid
-        live = live.reshape(kb, bs).any(1)
+    valid = np.zeros(kb * bs, dtype=bool)
+    valid[:k_len] = True if mask.key_valid is None else mask.key_valid.cpu().numpy()
+    valid = valid.reshape(kb, bs)
+    live, partial = valid.any(1), ~valid.all(1)
     min_rows = max(1, -(-min_tile_tokens // bs))
     shared: dict[bytes, tuple[SlicePlan, list]] = {}
     for b in range(dense.shape[0]):
@@ -175,9 +186,9 @@ def plan_mask(mask: BlockMask, q_len: int, min_tile_tokens: int = MIN_TILE_TOKEN
             s = dense[b, h]
             sig = np.packbits(s).tobytes()
             if sig not in shared:
-                shared[sig] = (_drop_padding(_tile(s, min_rows), live), [])
+                shared[sig] = (_plan_slice(s, live, min_rows), [])
             shared[sig][1].append((b, h))
-    plan = MaskPlan(tuple((p, tuple(m)) for p, m in shared.values()), bs)
+    plan = MaskPlan(tuple((p, tuple(m)) for p, m in shared.values()), bs, partial)
     per_mask[key] = plan
     return plan
 
@@ -274,17 +285,16 @@ def sdpa_block_sparse(q, k, v, mask: BlockMask, scale: float) -> tuple[torch.Ten
     B, Sq, H, D = q.shape
     Sk = k.shape[1]
     bs = mask.block_size
-    plan = plan_mask(mask, Sq)
+    plan = plan_mask(mask, Sq, Sk)
     dev = q.device
     out = torch.zeros(B, H, Sq, D, dtype=q.dtype, device=dev)
     out_lse = torch.full((B, H, Sq), float("-inf"), dtype=torch.float32, device=dev)
     # Additive key bias: 0 for valid keys, -inf for padding and for the gathered tail past Sk.
     key_ok = torch.zeros(mask.num_k_blocks * bs, dtype=torch.bool, device=dev)
     key_ok[:Sk] = True if mask.key_valid is None else mask.key_valid.to(dev)
-    any_padding = mask.key_valid is not None and not bool(mask.key_valid.all())
     key_bias = torch.zeros(key_ok.shape, dtype=q.dtype, device=dev).masked_fill_(~key_ok, float("-inf"))
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D] views
-    padded = None  # q, k, v block views padded to whole blocks, made once if a leftover needs them
+    kv_blocks = None  # k, v as block rows, padded to whole blocks, made once if a strip needs them
 
     for slice_plan, members in plan.groups:
         bsel = sorted({b for b, _ in members})
@@ -298,51 +308,59 @@ def sdpa_block_sparse(q, k, v, mask: BlockMask, scale: float) -> tuple[torch.Ten
             pieces = _Pieces()
             for r0, r1, k0, k1 in slice_plan.tile_list:
                 qs, ks = slice(r0 * bs, min(r1 * bs, Sq)), slice(k0 * bs, min(k1 * bs, Sk))
-                bias = key_bias[None, None, None, ks] if any_padding and not bool(key_ok[ks].all()) else None
+                bias = key_bias[None, None, None, ks] if plan.partial[k0:k1].any() else None
                 o, lse = attention_with_lse(q_g[:, :, qs], k_g[:, :, ks], v_g[:, :, ks], scale, bias)
                 pieces.add(torch.arange(qs.start, qs.stop), o, lse)
-            if slice_plan.leftovers:
-                if padded is None:
-                    padded = [_pad_blocks(t, n, bs) for t, n in ((q, mask.num_q_blocks), (k, mask.num_k_blocks),
-                                                                 (v, mask.num_k_blocks))]  # fmt: skip
-                blocks = [_select(t, bidx, 0, hidx, 3) for t in padded]
-                _run_leftovers(slice_plan, blocks, key_bias.view(-1, bs), key_ok.view(-1, bs), scale, pieces, Sq)
+            if slice_plan.strips:
+                if kv_blocks is None:
+                    kv_blocks = [_pad_blocks(t, mask.num_k_blocks, bs) for t in (k, v)]
+                kb_g = [_select(t, bidx, 0, hidx, 3) for t in kv_blocks]
+                _run_strips(slice_plan, plan.partial, q_g, kb_g, key_bias.view(-1, bs), scale, pieces, Sq)
             o, lse = pieces.merge((q_g.shape[0], q_g.shape[1], Sq, D), dev)
             _put(out, o.to(q.dtype), bidx, hidx)
             _put(out_lse, lse, bidx, hidx)
     return out.transpose(1, 2), out_lse
 
 
-def _run_leftovers(plan, blocks, bias_blocks, ok_blocks, scale, pieces: _Pieces, Sq: int) -> None:
-    """Each group of rows with ``n`` leftover blocks: gather their key blocks into one batched call.
+def _run_strips(plan: SlicePlan, partial, q_g, kv_blocks, bias_blocks, scale, pieces: _Pieces, Sq: int) -> None:
+    """Each strip: its query rows as a view, its key blocks gathered into one contiguous sequence, one call.
 
-    ``blocks``: q, k, v as ``[b, NB, bs, h, D]`` block views (padded to whole blocks) of this grid's slices."""
-    qp, kp, vp = blocks
-    b, _, bs, h, D = kp.shape
-    offsets = torch.arange(bs)
-    for rows, cols in plan.leftovers:
-        n = cols.shape[1]
-        per_call = max(1, GATHER_ELEMENTS // (b * n * bs * h * D))
-        for s in range(0, len(rows), per_call):
-            r = torch.from_numpy(rows[s : s + per_call])
-            c = torch.from_numpy(cols[s : s + per_call]).to(kp.device)
-            g = r.numel()
-            # [b, G, n, bs, h, D] -> [b*G, h, n*bs, D]; queries [b, G, bs, h, D] -> [b*G, h, bs, D]
-            kg = kp[:, c].reshape(b * g, n * bs, h, D).transpose(1, 2)
-            vg = vp[:, c].reshape(b * g, n * bs, h, D).transpose(1, 2)
-            qg = qp[:, r.to(qp.device)].reshape(b * g, bs, h, D).transpose(1, 2)
-            bias = None
-            if not bool(ok_blocks[c].all()):
-                bias = bias_blocks[c].reshape(g, 1, 1, n * bs).repeat(b, 1, 1, 1)
-            o, lse = attention_with_lse(qg, kg, vg, scale, bias)
-            # Back to one sequence of G*bs query rows; rows past Sq (the last block's padding) are dropped.
-            tokens = (r[:, None] * bs + offsets).reshape(-1)
-            o = o.reshape(b, g, h, bs, D).transpose(1, 2).reshape(b, h, g * bs, D)
-            lse = lse.reshape(b, g, h, bs).transpose(1, 2).reshape(b, h, g * bs)
-            real = tokens < Sq
-            if not bool(real.all()):
-                tokens, o, lse = tokens[real], o[:, :, real], lse[:, :, real]
-            pieces.add(tokens, o, lse)
+    ``q_g`` ``[b, h, Sq, D]``; ``kv_blocks``: k, v as ``[b, NB, bs, h, D]`` block views (padded to whole blocks)."""
+    kp, vp = kv_blocks
+    b, nb, bs, h, D = kp.shape
+    # Block-major flat views: one gathered block is one contiguous bs*h*D row (a plain copy).
+    kf, vf = kp.reshape(b, nb, bs * h * D), vp.reshape(b, nb, bs * h * D)
+    most = max(cols.size for _, _, cols in plan.strips)
+    workspace = [_workspace(b * most * bs * h * D, kp.dtype, kp.device, slot) for slot in (0, 1)]
+    for r0, r1, cols in plan.strips:
+        n = cols.size
+        c = torch.from_numpy(cols).to(kp.device)
+        kg, vg = (torch.index_select(src, 1, c, out=w[: b * n * bs * h * D].view(b, n, bs * h * D))
+                  for src, w in zip((kf, vf), workspace, strict=True))  # fmt: skip
+        kg = kg.view(b, n * bs, h, D).transpose(1, 2)
+        vg = vg.view(b, n * bs, h, D).transpose(1, 2)
+        qs = slice(r0 * bs, min(r1 * bs, Sq))
+        bias = bias_blocks[c].reshape(1, 1, 1, n * bs) if partial[cols].any() else None
+        o, lse = attention_with_lse(q_g[:, :, qs], kg, vg, scale, bias)
+        pieces.add(torch.arange(qs.start, qs.stop), o, lse)
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(numel: int, dtype, device, slot: int) -> torch.Tensor:
+    """A reused per-thread buffer of at least ``numel`` elements (``slot`` 0 for K, 1 for V).
+
+    Fresh buffers of gather size cost more in first-touch page faults than the copy itself (measured on CPU: 63 ms
+    against 10 ms for 170 MB), so each thread keeps its largest two."""
+    bufs = getattr(_WORKSPACE, "bufs", None)
+    if bufs is None:
+        bufs = _WORKSPACE.bufs = {}
+    key = (device, dtype, slot)
+    buf = bufs.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = bufs[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buf
 
 
 def _index(sel: list[int], full: int, mask_dim: int, device) -> torch.Tensor | None:
