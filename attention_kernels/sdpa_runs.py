@@ -35,7 +35,6 @@ import threading
 import weakref
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .block_mask import BlockMask
@@ -54,33 +53,36 @@ KEEP_WIDTH = 0.6
 class SlicePlan:
     """How one ``[QB, KB]`` mask slice runs, as disjoint pieces over query-block ranges ``[r0, r1)``:
 
-    - ``tiles`` ``[T, 4]`` int64 rows ``(r0, r1, k0, k1)``: a contiguous key-block range, run on views;
-    - ``strips``: ``(r0, r1, key_blocks [n])``: the listed key blocks, gathered.
+    - ``tiles``: ``(r0, r1, k0, k1)``, a contiguous key-block range, run on views;
+    - ``strips``: ``(r0, r1, key_blocks)`` (int64 ``[n]``, ascending), the listed key blocks, gathered.
     """
 
-    tiles: np.ndarray
-    strips: tuple[tuple[int, int, np.ndarray], ...]
-
-    @property
-    def tile_list(self) -> list[tuple[int, int, int, int]]:
-        return [tuple(t) for t in self.tiles.tolist()]
+    tiles: tuple[tuple[int, int, int, int], ...]
+    strips: tuple[tuple[int, int, torch.Tensor], ...]
 
     @property
     def calls(self) -> int:
         return len(self.tiles) + len(self.strips)
 
 
-def _runs(row: np.ndarray) -> list[tuple[int, int]]:
-    """Maximal runs ``[a, b)`` of True in a bool vector."""
-    padded = np.concatenate(([False], row, [False])).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+Runs = list[tuple[int, int]]
 
 
-def _tall_tiles(kept: np.ndarray, min_rows: int) -> list[tuple[int, int, int, int]]:
+def _row_runs(kept: torch.Tensor) -> list[Runs]:
+    """Per row of a bool ``[R, C]`` matrix, its maximal runs ``[a, b)`` of True (one vectorised pass)."""
+    edges = torch.diff(torch.nn.functional.pad(kept.to(torch.int8), (1, 1)), dim=1)
+    rows_s, starts = torch.nonzero(edges == 1, as_tuple=True)
+    ends = torch.nonzero(edges == -1, as_tuple=True)[1]  # row-major order pairs each start with its end
+    out: list[Runs] = [[] for _ in range(kept.shape[0])]
+    for r, a, b in zip(rows_s.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        out[r].append((a, b))
+    return out
+
+
+def _tall_tiles(kept: torch.Tensor, min_rows: int) -> list[tuple[int, int, int, int]]:
     """Rectangles at least ``min_rows`` tall inside ``kept`` (bool ``[QB, KB]``), disjoint: a sweep down the rows
-    keeps open rectangles running while the next row still holds :data:`KEEP_WIDTH` of their key range."""
-    qb, _ = kept.shape
+    keeps open rectangles running while the next row still holds :data:`KEEP_WIDTH` of their key range. Works on
+    each row's runs (interval lists), not on the matrix."""
     tiles: list[tuple[int, int, int, int]] = []
     open_: list[tuple[int, int, int]] = []  # (k0, k1, r0)
 
@@ -88,76 +90,86 @@ def _tall_tiles(kept: np.ndarray, min_rows: int) -> list[tuple[int, int, int, in
         if k1 > k0 and r1 - r0 >= min_rows:
             tiles.append((r0, r1, k0, k1))
 
-    for r in range(qb + 1):
-        row = kept[r] if r < qb else np.zeros(kept.shape[1], dtype=bool)
-        free = row.copy()
+    rows = _row_runs(kept) + [[]]
+    for r, runs in enumerate(rows):
         still = []
         for k0, k1, r0 in open_:
-            seg = row[k0:k1]
-            if seg.all():
+            # The widest part of the open range that this row still keeps (runs are disjoint and sorted).
+            a, b = max(((max(a, k0), min(b, k1)) for a, b in runs), key=lambda ab: ab[1] - ab[0], default=(0, 0))
+            if b - a == k1 - k0:
                 still.append((k0, k1, r0))
-                continue
-            # The widest run of the open range that this row still keeps.
-            best = max(_runs(seg), key=lambda ab: ab[1] - ab[0], default=(0, 0))
-            a, b = k0 + best[0], k0 + best[1]
-            if b - a >= KEEP_WIDTH * (k1 - k0) and b > a:
+            elif b - a >= KEEP_WIDTH * (k1 - k0) and b > a:
                 close(k0, a, r0, r)  # the parts of the range this row drops, above it
                 close(b, k1, r0, r)
                 still.append((a, b, r0))
             else:
                 close(k0, k1, r0, r)
-        for k0, k1, _ in still:
-            free[k0:k1] = False
-        open_ = still + [(a, b, r) for a, b in _runs(free)]
+        open_ = still + [(a, b, r) for a, b in _subtract(runs, sorted((k0, k1) for k0, k1, _ in still))]
     return tiles
 
 
-def _strips(left: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+def _subtract(runs: Runs, taken: Runs) -> Runs:
+    """The parts of the sorted disjoint intervals ``runs`` outside the sorted disjoint intervals ``taken``."""
+    out = []
+    for a, b in runs:
+        for t0, t1 in taken:
+            if t1 <= a or t0 >= b:
+                continue
+            if t0 > a:
+                out.append((a, t0))
+            a = max(a, t1)
+            if a >= b:
+                break
+        if a < b:
+            out.append((a, b))
+    return out
+
+
+def _strips(left: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
     """The cells of ``left`` (bool ``[QB, KB]``) grouped by column runs: every key block whose run of kept rows is
     exactly ``[r0, r1)`` joins the strip ``(r0, r1)``. A diagonal band (a few blocks wide, moving one block per row)
     has column runs as tall as it is wide, so its strips run several query blocks per call where per-row groups
     would run one."""
     qb = left.shape[0]
-    edges = np.diff(np.pad(left, ((1, 1), (0, 0))).astype(np.int8), axis=0).T  # [KB, QB+1], per column
-    col_s, r0 = np.nonzero(edges == 1)
-    col_e, r1 = np.nonzero(edges == -1)  # row-major order pairs each start with its end
-    assert np.array_equal(col_s, col_e)
+    edges = torch.diff(torch.nn.functional.pad(left.T.to(torch.int8), (1, 1)), dim=1)  # [KB, QB+1], per column
+    cols, r0 = torch.nonzero(edges == 1, as_tuple=True)
+    r1 = torch.nonzero(edges == -1, as_tuple=True)[1]  # row-major order pairs each start with its end
+    if cols.numel() == 0:
+        return []
     key = r0 * (qb + 1) + r1
-    order = np.argsort(key, kind="stable")
-    key, cols = key[order], col_s[order]
-    bounds = np.flatnonzero(np.diff(key)) + 1
+    key, order = torch.sort(key, stable=True)  # stable: a strip's columns stay ascending
+    keys, counts = torch.unique_consecutive(key, return_counts=True)
     return [
-        (int(k // (qb + 1)), int(k % (qb + 1)), c.astype(np.int64))
-        for k, c in zip(
-            key[np.r_[0, bounds]].tolist() if key.size else [], np.split(cols, bounds) if key.size else [], strict=True
-        )  # fmt: skip
+        (k // (qb + 1), k % (qb + 1), c)
+        for k, c in zip(keys.tolist(), torch.split(cols[order], counts.tolist()), strict=True)
     ]
 
 
-def _plan_slice(kept: np.ndarray, live: np.ndarray, min_rows: int) -> SlicePlan:
+def _plan_slice(kept: torch.Tensor, live: torch.Tensor, min_rows: int) -> SlicePlan:
     """Tall tiles first, then strips for the rest; key blocks without a valid key (``live`` False) are dropped."""
     kept = kept & live[None, :]
     tiles = _tall_tiles(kept, min_rows)
-    left = kept.copy()
+    left = kept.clone()
     for r0, r1, k0, k1 in tiles:
         left[r0:r1, k0:k1] = False
     strips = []
     for r0, r1, cols in _strips(left):
-        if cols[-1] - cols[0] + 1 == cols.size:  # contiguous: a tile, run on a view
-            tiles.append((r0, r1, int(cols[0]), int(cols[-1]) + 1))
+        first, last = int(cols[0]), int(cols[-1])
+        if last - first + 1 == cols.numel():  # contiguous: a tile, run on a view
+            tiles.append((r0, r1, first, last + 1))
         else:
             strips.append((r0, r1, cols))
-    return SlicePlan(np.asarray(tiles, dtype=np.int64).reshape(-1, 4), tuple(strips))
+    return SlicePlan(tuple(tiles), tuple(strips))
 
 
 @dataclass(frozen=True)
 class MaskPlan:
     """Per distinct mask slice: its plan and the ``(batch, head)`` slices of the mask that share it; ``partial``
-    (bool ``[KB]``): key blocks holding padding or the sequence's end, which a gathered call must mask."""
+    (per key block): the block holds padding or the sequence's end, which a call must mask."""
 
     groups: tuple[tuple[SlicePlan, tuple[tuple[int, int], ...]], ...]
     block_size: int
-    partial: np.ndarray
+    partial: list[bool]
 
     @property
     def calls(self) -> int:
@@ -166,29 +178,30 @@ class MaskPlan:
 
 def plan_mask(mask: BlockMask, q_len: int, k_len: int, min_tile_tokens: int | None = None) -> MaskPlan:
     """The run plan of ``mask`` for these lengths (cached on the mask object; tiles at least ``min_tile_tokens``
-    tall, default :data:`MIN_TILE_TOKENS`)."""
+    tall, default :data:`MIN_TILE_TOKENS`). Built on the host, in torch on CPU tensors."""
     min_tile_tokens = MIN_TILE_TOKENS if min_tile_tokens is None else min_tile_tokens
     per_mask = _PLANS.setdefault(mask, {})
     key = (q_len, k_len, min_tile_tokens)
     if key in per_mask:
         return per_mask[key]
     bs = mask.block_size
-    dense = mask.to_dense().cpu().numpy()  # [Bm, Hm, QB, KB]
+    dense = mask.to_dense().cpu()  # [Bm, Hm, QB, KB]
     kb = mask.num_k_blocks
-    valid = np.zeros(kb * bs, dtype=bool)
-    valid[:k_len] = True if mask.key_valid is None else mask.key_valid.cpu().numpy()
-    valid = valid.reshape(kb, bs)
+    valid = torch.zeros(kb * bs, dtype=torch.bool)
+    valid[:k_len] = True if mask.key_valid is None else mask.key_valid.cpu()
+    valid = valid.view(kb, bs)
     live, partial = valid.any(1), ~valid.all(1)
     min_rows = max(1, -(-min_tile_tokens // bs))
-    shared: dict[bytes, tuple[SlicePlan, list]] = {}
+    distinct: list[tuple[torch.Tensor, SlicePlan, list]] = []  # heads often share a mask: plan each one once
     for b in range(dense.shape[0]):
         for h in range(dense.shape[1]):
             s = dense[b, h]
-            sig = np.packbits(s).tobytes()
-            if sig not in shared:
-                shared[sig] = (_plan_slice(s, live, min_rows), [])
-            shared[sig][1].append((b, h))
-    plan = MaskPlan(tuple((p, tuple(m)) for p, m in shared.values()), bs, partial)
+            same = next((d for d in distinct if torch.equal(d[0], s)), None)
+            if same is None:
+                same = (s, _plan_slice(s, live, min_rows), [])
+                distinct.append(same)
+            same[2].append((b, h))
+    plan = MaskPlan(tuple((p, tuple(m)) for _, p, m in distinct), bs, partial.tolist())
     per_mask[key] = plan
     return plan
 
@@ -306,9 +319,9 @@ def sdpa_block_sparse(q, k, v, mask: BlockMask, scale: float) -> tuple[torch.Ten
             hidx = _index(hl, H, mask.shape[1], dev)
             q_g, k_g, v_g = (_select(t, bidx, 0, hidx, 1) for t in (qh, kh, vh))
             pieces = _Pieces()
-            for r0, r1, k0, k1 in slice_plan.tile_list:
+            for r0, r1, k0, k1 in slice_plan.tiles:
                 qs, ks = slice(r0 * bs, min(r1 * bs, Sq)), slice(k0 * bs, min(k1 * bs, Sk))
-                bias = key_bias[None, None, None, ks] if plan.partial[k0:k1].any() else None
+                bias = key_bias[None, None, None, ks] if any(plan.partial[k0:k1]) else None
                 o, lse = attention_with_lse(q_g[:, :, qs], k_g[:, :, ks], v_g[:, :, ks], scale, bias)
                 pieces.add(torch.arange(qs.start, qs.stop), o, lse)
             if slice_plan.strips:
@@ -330,17 +343,17 @@ def _run_strips(plan: SlicePlan, partial, q_g, kv_blocks, bias_blocks, scale, pi
     b, nb, bs, h, D = kp.shape
     # Block-major flat views: one gathered block is one contiguous bs*h*D row (a plain copy).
     kf, vf = kp.reshape(b, nb, bs * h * D), vp.reshape(b, nb, bs * h * D)
-    most = max(cols.size for _, _, cols in plan.strips)
+    most = max(cols.numel() for _, _, cols in plan.strips)
     workspace = [_workspace(b * most * bs * h * D, kp.dtype, kp.device, slot) for slot in (0, 1)]
     for r0, r1, cols in plan.strips:
-        n = cols.size
-        c = torch.from_numpy(cols).to(kp.device)
+        n = cols.numel()
+        c = cols.to(kp.device)
         kg, vg = (torch.index_select(src, 1, c, out=w[: b * n * bs * h * D].view(b, n, bs * h * D))
                   for src, w in zip((kf, vf), workspace, strict=True))  # fmt: skip
         kg = kg.view(b, n * bs, h, D).transpose(1, 2)
         vg = vg.view(b, n * bs, h, D).transpose(1, 2)
         qs = slice(r0 * bs, min(r1 * bs, Sq))
-        bias = bias_blocks[c].reshape(1, 1, 1, n * bs) if partial[cols].any() else None
+        bias = bias_blocks[c].reshape(1, 1, 1, n * bs) if any(partial[i] for i in cols.tolist()) else None
         o, lse = attention_with_lse(q_g[:, :, qs], kg, vg, scale, bias)
         pieces.add(torch.arange(qs.start, qs.stop), o, lse)
 

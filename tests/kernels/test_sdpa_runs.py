@@ -32,12 +32,12 @@ def _painted(plan, qb, kb, member):
     for slice_plan, members in plan.groups:
         if member not in members:
             continue
-        for r0, r1, k0, k1 in slice_plan.tiles.tolist():
+        for r0, r1, k0, k1 in slice_plan.tiles:
             assert r1 - r0 >= 1 and k1 - k0 >= 1
             grid[r0:r1, k0:k1] += 1
         for r0, r1, cols in slice_plan.strips:
-            assert r1 > r0 and cols.size and len(set(cols.tolist())) == cols.size, "a strip lists a block twice"
-            grid[r0:r1, cols] += 1
+            assert r1 > r0 and cols.numel() and len(set(cols.tolist())) == cols.numel(), "a strip lists a block twice"
+            grid[r0:r1, cols.numpy()] += 1
     return grid
 
 
@@ -97,8 +97,8 @@ def test_plan_runs_long_query_runs_on_wan_radial():
     mask = radial_mask(lay, 128, 0.2, sink=True)
     plan = assert_exact_partition(mask, lay.num_tokens, lay.num_tokens)
     ((slice_plan, _),) = plan.groups
-    pieces = [(r1 - r0, k1 - k0) for r0, r1, k0, k1 in slice_plan.tile_list]
-    pieces += [(r1 - r0, c.size) for r0, r1, c in slice_plan.strips]
+    pieces = [(r1 - r0, k1 - k0) for r0, r1, k0, k1 in slice_plan.tiles]
+    pieces += [(r1 - r0, c.numel()) for r0, r1, c in slice_plan.strips]
     kept = sum(h * w for h, w in pieces)
     assert sum(h * w for h, w in pieces if h >= 2) / kept > 0.98
     assert len(pieces) < 1000
