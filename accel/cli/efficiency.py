@@ -36,14 +36,17 @@ def cmd_efficiency(args) -> int:
     print(f"efficiency table {table.key} ({table.source}" + (f", {table.seconds:.1f} s" if table.seconds else "") + ")")
     print("speed-up over dense attention at density d is about efficiency / d")
     print()
-    print("| backend | efficiency | measured: density, dense s, sparse s |")
-    print("|---|---|---|")
+    print("| backend | efficiency | by sequence length | measured: tokens, density, dense s, sparse s |")
+    print("|---|---|---|---|")
     for backend, value in table.values.items():
         rows = table.measured.get(backend, [])
-        detail = "; ".join(f"{r['density']:.2f}, {r['dense_s']:.4f}, {r['sparse_s']:.4f}" for r in rows) or "-"
-        print(f"| {backend} | {value:.3f} | {detail} |")
+        detail = "; ".join(
+            f"{r.get('tokens', '?')}, {r['density']:.2f}, {r['dense_s']:.4f}, {r['sparse_s']:.4f}" for r in rows
+        )
+        lengths = ", ".join(f"{n}: {e:.2f}" for n, e in sorted(table.by_tokens.get(backend, {}).items()))
+        print(f"| {backend} | {value:.3f} | {lengths or '-'} | {detail or '-'} |")
     for backend in table.unmeasured:
-        print(f"| {backend} | (typed) | not measured: over the time budget or not available |")
+        print(f"| {backend} | (typed) | - | not measured: over the time budget or not available |")
     if args.json:
         Path(args.json).expanduser().write_text(json.dumps(table.to_json(), indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -103,7 +103,7 @@ def kernel_backend(backend: str, q) -> str:
     if q.is_cuda and q.shape[-1] not in TRITON_HEAD_DIMS:
         candidates = tuple(c for c in candidates if c != "triton")
     table = table_for(q.device, q.dtype, q.shape[-1])
-    return max(candidates, key=lambda b: table.get(b, q.device.type))
+    return max(candidates, key=lambda b: table.get(b, q.device.type, q.shape[1]))
 
 
 def checked_sparse(stats: Stats, run: Callable[[], tuple]):
@@ -131,13 +131,13 @@ def refused(stats: Stats, error: EmptyQueryBlockError) -> None:
 
 def efficiency(backend: str, q, stats: Stats | None = None) -> float:
     """Efficiency of ``backend`` (as configured: ``auto`` resolves) against dense attention on ``q``'s device, dtype
-    and head dim, from the measured table (:func:`accel.methods.efficiency.table_for`); ``stats`` records the table
-    used."""
+    and head dim, at its sequence length, from the measured table (:func:`accel.methods.efficiency.table_for`);
+    ``stats`` records the table used."""
     resolved = resolve_backend(kernel_backend(backend, q), q.device)
     table = table_for(q.device, q.dtype, q.shape[-1])
     if stats is not None:
         stats.tables[table.key] = table.values
-    return table.get(resolved, q.device.type)
+    return table.get(resolved, q.device.type, q.shape[1])
 
 
 def estimated_speedup(cost: float, backend: str, q, stats: Stats | None = None) -> float:

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -42,7 +44,7 @@ logger = logging.getLogger("accel")
 # benchmarks/bench_attention.py on the 2-core development machine; CUDA numbers are provisional until a GPU
 # session measures them. "reference" is the dense fp32 oracle and never pays.
 TYPED = {
-    ("cpu", "sdpa"): 0.75,
+    ("cpu", "sdpa"): 0.6,
     ("cpu", "flex"): 0.45,
     ("cpu", "gather"): 0.35,
     ("cuda", "triton"): 0.8,
@@ -56,6 +58,7 @@ BUDGET_S = 3.0
 # Backends measured on first use, per device type, in order (the budget may stop the list early).
 MEASURED_BACKENDS = {"cpu": ("sdpa", "gather"), "cuda": ("triton", "sdpa", "flex")}
 DENSITY_TARGETS = (0.5, 0.25)
+REPEATS = 2  # timed calls per measurement, after one warm-up call; the faster counts (a busy machine only slows)
 
 
 @dataclass
@@ -65,13 +68,29 @@ class EfficiencyTable:
     key: str
     values: dict[str, float]
     source: str  # "measured", "cache", "pinned", "typed"
-    measured: dict[str, list[dict]] = field(default_factory=dict)  # backend -> per density: dense_s, sparse_s
+    measured: dict[str, list[dict]] = field(default_factory=dict)  # backend -> rows: tokens, density, dense_s, sparse_s
     unmeasured: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # backend -> {tokens: efficiency} at the probe lengths (``values`` holds the longest one's)
+    by_tokens: dict[str, dict[int, float]] = field(default_factory=dict)
 
-    def get(self, backend: str, device_type: str) -> float:
+    def __post_init__(self):
+        self.by_tokens = {b: {int(n): float(e) for n, e in v.items()} for b, v in self.by_tokens.items()}  # JSON keys
+
+    def get(self, backend: str, device_type: str, tokens: int | None = None) -> float:
+        """Efficiency of ``backend``; with ``tokens``, interpolated in log(tokens) between the probe lengths and held
+        at the nearest one outside them (kernels run further from their steady state on short sequences)."""
         if backend == "reference":
             return REFERENCE_EFFICIENCY
+        points = sorted(self.by_tokens.get(backend, {}).items())
+        if tokens is not None and points:
+            if tokens <= points[0][0]:
+                return points[0][1]
+            for (n0, e0), (n1, e1) in zip(points, points[1:], strict=False):
+                if tokens <= n1:
+                    w = math.log(tokens / n0) / math.log(n1 / n0)
+                    return e0 + w * (e1 - e0)
+            return points[-1][1]
         if backend in self.values:
             return self.values[backend]
         return TYPED.get((device_type, backend), DEFAULT_EFFICIENCY)
@@ -217,15 +236,17 @@ def banded_mask(num_blocks: int, density: float, block_size: int, device) -> Blo
     return BlockMask.from_dense(dense[None, None], block_size)
 
 
-def _probe_shape(device: torch.device, dtype: torch.dtype) -> tuple[int, int]:
-    """(tokens, heads) of the probe: long enough for the kernels' steady state, short enough for the budget."""
+def _probe_shape(device: torch.device, dtype: torch.dtype) -> tuple[tuple[int, ...], int]:
+    """(token lengths, heads) of the probe: a short and a long sequence, the long one near the kernels' steady
+    state, both inside the budget."""
     if device.type == "cpu":
-        return 4096, 2
-    return 16384, 8
+        return (2048, 8192), 2
+    return (8192, 32768), 8
 
 
 def _time(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``fn()`` after one warm-up call (which compiles, where a backend compiles)."""
+    """Fastest of ``repeats`` timed calls of ``fn()`` after one warm-up call (which compiles, where a backend
+    compiles)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()
     sync()
@@ -235,53 +256,66 @@ def _time(fn, device: torch.device, repeats: int) -> float:
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def measure(
     device, dtype: torch.dtype, head_dim: int, backends: dict[str, Callable] | None = None, budget_s: float = BUDGET_S
 ) -> EfficiencyTable:
-    """Time dense SDPA and each backend on banded masks at two densities; efficiency = mean of
-    ``(t_dense / t_sparse) * density``. Backends run in order until ``budget_s`` is spent (the rest keep their
-    typed value). ``backends``: name -> ``fn(q, k, v, mask)``; default: the device's backends via
-    :func:`block_sparse_attention` plus :data:`EXTRA_BACKENDS`."""
+    """Time dense SDPA and each backend on banded masks at two densities and two sequence lengths; efficiency at a
+    length = mean over the densities of ``(t_dense / t_sparse) * density``. Backends run in order while one more
+    fits ``budget_s`` (the rest keep their typed value). ``backends``: name -> ``fn(q, k, v, mask)``; default: the
+    device's backends via :func:`block_sparse_attention` plus :data:`EXTRA_BACKENDS`."""
     device = torch.device(device)
     start = time.perf_counter()
     if backends is None:
         names = MEASURED_BACKENDS.get(device.type, ("sdpa",))
         backends = {b: _kernel_runner(b) for b in names}
         backends.update(EXTRA_BACKENDS)
-    tokens, heads = _probe_shape(device, dtype)
+    lengths, heads = _probe_shape(device, dtype)
     bs = 128
     g = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(1, tokens, heads, head_dim, generator=g, device=device).to(dtype) for _ in range(3))
-    masks = [banded_mask(tokens // bs, d, bs, device) for d in DENSITY_TARGETS]
+    probes = []  # (tokens, q, k, v, masks, t_dense)
+    for tokens in lengths:
+        q, k, v = (torch.randn(1, tokens, heads, head_dim, generator=g, device=device).to(dtype) for _ in range(3))
+        masks = [banded_mask(tokens // bs, d, bs, device) for d in DENSITY_TARGETS]
 
-    def dense():
-        return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        def dense(q=q, k=k, v=v):
+            return torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            )
 
-    repeats = 3
-    t_dense = _time(dense, device, repeats)
+        probes.append((tokens, q, k, v, masks, _time(dense, device, REPEATS)))
     values: dict[str, float] = {}
+    by_tokens: dict[str, dict[int, float]] = {}
     measured: dict[str, list[dict]] = {}
     unmeasured: list[str] = []
+    last = 0.0  # seconds the previous backend took: a backend starts only if one like it still fits the budget
     for name, fn in backends.items():
-        if time.perf_counter() - start > budget_s:
+        began = time.perf_counter()
+        if began - start + last > budget_s:
             unmeasured.append(name)
             continue
         rows = []
         try:
-            for m in masks:
-                t = _time(lambda m=m, fn=fn: fn(q, k, v, m), device, repeats)
-                rows.append({"density": round(m.density, 4), "dense_s": t_dense, "sparse_s": t})
+            for tokens, q, k, v, masks, t_dense in probes:
+                for m in masks:
+                    t = _time(lambda m=m, fn=fn, q=q, k=k, v=v: fn(q, k, v, m), device, REPEATS)
+                    rows.append({"tokens": tokens, "density": round(m.density, 4), "dense_s": t_dense, "sparse_s": t})
         except Exception as e:  # a backend that cannot run here is simply not available
             logger.info("accel: backend %s not measured (%s)", name, e)
             unmeasured.append(name)
             continue
+        last = time.perf_counter() - began
         measured[name] = rows
-        values[name] = round(sum(r["dense_s"] / r["sparse_s"] * r["density"] for r in rows) / len(rows), 3)
+        by_tokens[name] = {
+            n: round(statistics.mean(r["dense_s"] / r["sparse_s"] * r["density"] for r in rows if r["tokens"] == n), 3)
+            for n in lengths
+        }
+        values[name] = by_tokens[name][lengths[-1]]
     key = table_key(device, dtype, head_dim)
-    return EfficiencyTable(key, values, "measured", measured, unmeasured, round(time.perf_counter() - start, 2))
+    seconds = round(time.perf_counter() - start, 2)
+    return EfficiencyTable(key, values, "measured", measured, unmeasured, seconds, by_tokens)
 
 
 def _kernel_runner(backend: str) -> Callable:

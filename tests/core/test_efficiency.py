@@ -25,7 +25,7 @@ HEAD_DIM = 8  # a key no other test uses
 def fresh(tmp_path, monkeypatch):
     """Measuring mode with an empty cache folder; the process-wide state is restored afterwards."""
     monkeypatch.setenv("ACCEL_EFFICIENCY_DIR", str(tmp_path))
-    monkeypatch.setattr(efficiency, "_probe_shape", lambda device, dtype: (1024, 1))
+    monkeypatch.setattr(efficiency, "_probe_shape", lambda device, dtype: ((512, 1024), 1))
     efficiency.set_mode("auto")
     yield tmp_path
     efficiency.set_mode(None)
@@ -54,14 +54,15 @@ def test_slow_backend_is_measured_slow_and_stays_dense(fresh, monkeypatch):
     table = efficiency.table_for("cpu", torch.float32, HEAD_DIM)
     assert table.source == "measured"
     assert table.values["slowfake"] < 0.2  # six dense passes per call: efficiency well under 1/6
-    assert set(table.measured["slowfake"][0]) == {"density", "dense_s", "sparse_s"}
+    assert set(table.measured["slowfake"][0]) == {"tokens", "density", "dense_s", "sparse_s"}
+    assert set(table.by_tokens["slowfake"]) == {512, 1024}
     # A call on that backend at any density keeps dense attention, counted as not_faster.
     monkeypatch.setattr(efficiency, "TYPED", {**efficiency.TYPED})  # no typed fallback for the fake
     q = torch.zeros(1, 16, 1, HEAD_DIM)
     stats = Stats()
     monkeypatch.setattr("accel.methods.base.resolve_backend", lambda backend, device: backend)
     cfg = SimpleNamespace(backend="slowfake", min_speedup=1.1)  # a config's never-slower fields
-    assert backend_efficiency("slowfake", q) == table.values["slowfake"]
+    assert backend_efficiency("slowfake", q) == table.by_tokens["slowfake"][512]  # 16 tokens: the short probe's
     assert not pays(cfg, 0.2, q, stats)
     assert stats.counts["dense:not_faster"] == 1
     assert table.key in stats.as_dict()["efficiency"]
@@ -74,6 +75,7 @@ def test_cached_table_is_reused_without_measuring(fresh, monkeypatch):
     calls = _count_measures(monkeypatch)
     again = efficiency.table_for("cpu", torch.float32, HEAD_DIM)
     assert calls == [] and again.source == "cache" and again.values == first.values
+    assert again.by_tokens == first.by_tokens  # int keys survive the JSON round trip
 
 
 def test_corrupt_cache_is_measured_again(fresh, monkeypatch):
@@ -86,7 +88,7 @@ def test_corrupt_cache_is_measured_again(fresh, monkeypatch):
         assert calls == [1] and table.source == "measured" and table.values["sdpa"] > 0
         monkeypatch.undo()
         monkeypatch.setenv("ACCEL_EFFICIENCY_DIR", str(fresh))
-        monkeypatch.setattr(efficiency, "_probe_shape", lambda device, dtype: (1024, 1))
+        monkeypatch.setattr(efficiency, "_probe_shape", lambda device, dtype: ((512, 1024), 1))
     # ... and the re-measured table replaced the corrupt file
     assert json.loads((fresh / f"{key}.json").read_text())["values"]["sdpa"] > 0
 
@@ -98,6 +100,14 @@ def test_remeasure_measures_again(fresh, monkeypatch):
     efficiency.table_for("cpu", torch.float32, HEAD_DIM)
     efficiency.table_for("cpu", torch.float32, HEAD_DIM)  # once per key and process
     assert calls == [1]
+
+
+def test_efficiency_follows_the_sequence_length():
+    table = efficiency.EfficiencyTable("k", {"sdpa": 0.8}, "measured", by_tokens={"sdpa": {"2048": 0.4, "8192": 0.8}})
+    assert table.get("sdpa", "cpu", 1024) == 0.4  # held below the shortest probe
+    assert table.get("sdpa", "cpu", 4096) == pytest.approx(0.6)  # log-interpolated
+    assert table.get("sdpa", "cpu", 32768) == 0.8  # held above the longest
+    assert table.get("sdpa", "cpu") == 0.8 and table.get("reference", "cpu", 4096) == efficiency.REFERENCE_EFFICIENCY
 
 
 def test_pinned_table_and_typed_mode(tmp_path, monkeypatch):
