@@ -28,10 +28,11 @@ def calibrate(pipe, prompts, **kwargs):
     return _calibrate(pipe, prompts, **kwargs)
 
 
-def efficiency_table(device="cpu", dtype=None, head_dim: int = 64, remeasure: bool = False):
+def efficiency_table(device="cpu", dtype=None, head_dim: int = 64, remeasure: bool = False, budget_s: float = 3.0):
     """The efficiency table the never-slower decisions read for ``device``, ``dtype`` (default float32) and
     ``head_dim``: measured on first use and cached on disk (see :mod:`accel.methods.efficiency`); ``remeasure``
-    measures again and overwrites the cache."""
+    measures again and overwrites the cache; ``budget_s`` bounds a measurement (backends past it keep their typed
+    values)."""
     import torch
 
     from .methods import efficiency
@@ -39,7 +40,7 @@ def efficiency_table(device="cpu", dtype=None, head_dim: int = 64, remeasure: bo
     dtype = dtype or torch.float32
     if remeasure:
         efficiency.forget(device, dtype, head_dim)
-    return efficiency.table_for(device, dtype, head_dim, remeasure=remeasure)
+    return efficiency.table_for(device, dtype, head_dim, remeasure=remeasure, budget_s=budget_s)
 
 
 def set_efficiency(mode: str | None, notify=None) -> None:

@@ -32,7 +32,7 @@ def apply_mode(args, quiet: bool = False) -> None:
 def cmd_efficiency(args) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    table = accel.efficiency_table(device, dtype, args.head_dim, remeasure=args.remeasure)
+    table = accel.efficiency_table(device, dtype, args.head_dim, remeasure=args.remeasure, budget_s=args.budget)
     print(f"efficiency table {table.key} ({table.source}" + (f", {table.seconds:.1f} s" if table.seconds else "") + ")")
     print("speed-up over dense attention at density d is about efficiency / d")
     print()

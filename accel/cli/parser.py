@@ -252,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="auto", choices=list(DTYPES), help="(default: bfloat16 on CUDA, else float32)")
     e.add_argument("--head-dim", type=positive_int, default=64, help="attention head dim (default: 64)")
     e.add_argument("--remeasure", action="store_true", help="measure again and overwrite the cached table")
+    e.add_argument(
+        "--budget",
+        type=positive_float,
+        default=3.0,
+        help="seconds a measurement may take; backends past it keep their typed values (default: 3, as on first use)",
+    )
     e.add_argument("--json", metavar="PATH", help="also write the table as JSON (loadable with --efficiency PATH)")
     _add_efficiency_arg(e)
     sub.add_parser("presets", help="list acceleration presets, one per line")

@@ -148,7 +148,12 @@ def forget(device, dtype: torch.dtype, head_dim: int) -> None:
 
 
 def table_for(
-    device, dtype: torch.dtype, head_dim: int, notify: Callable[[str], None] | None = None, remeasure: bool = False
+    device,
+    dtype: torch.dtype,
+    head_dim: int,
+    notify: Callable[[str], None] | None = None,
+    remeasure: bool = False,
+    budget_s: float = BUDGET_S,
 ) -> EfficiencyTable:
     """The table for this key, per :func:`mode` (measured at most once per key and process; ``remeasure`` forces a
     measurement unless the mode is ``typed`` or pinned)."""
@@ -166,8 +171,8 @@ def table_for(
         if table is None:
             say = notify or _NOTIFY[0]
             say(f"accel: measuring sparse attention speed on {device_label(device)} ({dtype}, head dim {head_dim}),"
-                f" at most {BUDGET_S:.0f} s, once; cached in {cache_dir()}")  # fmt: skip
-            table = measure(device, dtype, head_dim)
+                f" at most {budget_s:.0f} s, once; cached in {cache_dir()}")  # fmt: skip
+            table = measure(device, dtype, head_dim, budget_s=budget_s)
             _save(table)
     _TABLES[key] = table
     return table
