@@ -93,8 +93,8 @@ class Stats:
 
     counts: Counter = field(default_factory=Counter)
     density_sum: float = 0.0
-    # The efficiency tables the never-slower decisions read (key -> backend -> efficiency; accel.methods.efficiency).
-    tables: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The efficiency tables the never-slower decisions read (key -> source, values, by_tokens; methods.efficiency).
+    tables: dict[str, dict] = field(default_factory=dict)
 
     def add(self, outcome: str, reason: str = "", density: float | None = None) -> None:
         self.counts[outcome] += 1

@@ -136,7 +136,7 @@ def efficiency(backend: str, q, stats: Stats | None = None) -> float:
     resolved = resolve_backend(kernel_backend(backend, q), q.device)
     table = table_for(q.device, q.dtype, q.shape[-1])
     if stats is not None:
-        stats.tables[table.key] = table.values
+        stats.tables[table.key] = {"source": table.source, "values": table.values, "by_tokens": table.by_tokens}
     return table.get(resolved, q.device.type, q.shape[1])
 
 
