@@ -3,8 +3,8 @@
     python benchmarks/bench_attention.py                 # CPU: sdpa, gather and flex backends, 16k and 33k tokens
     python benchmarks/bench_attention.py --device cuda   # GPU: triton, flex and sdpa backends, Wan-size layouts
 
-For each layout it times, in one run and side by side: torch SDPA (dense), each backend with the radial mask, and
-each backend with a full mask (its own dense time). Reported ratios:
+For each layout it times, in one run and side by side: torch SDPA (dense) and each backend with the radial mask in
+interleaved rounds, then each backend with a full mask (its own dense time). Reported ratios:
 - ``speed_vs_sdpa`` = t_sdpa / t_sparse, against the target 0.8 / density (issue 24);
 - ``efficiency`` = speed_vs_sdpa x density: the backend's speed per kept block against SDPA's (target 0.85);
 - ``t_sparse / t_own_dense`` against the target density + 0.1 (fixed cost at most 10% of dense).
@@ -14,12 +14,13 @@ Results go to benchmarks/results/attention_<device>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 import torch.nn.functional as F
 from accel.attention_kernels import BlockMask, TokenLayout, block_sparse_attention, radial_mask
 
-from benchmarks.common import bench, environment, write_results
+from benchmarks.common import bench, environment, interleaved, write_results
 
 # name -> (latent frames, height tokens, width tokens, decay): Wan2.1 shapes at 16 px per token, 4x temporal.
 LAYOUTS = {
@@ -29,6 +30,7 @@ LAYOUTS = {
     "wan 720x1280x81": (21, 45, 80, 0.2),
 }
 CPU_LAYOUTS = ["wan 480x416x81", "wan 480x832x81"]
+DENSE = "dense SDPA"  # its key among the timed functions (one backend is named "sdpa")
 GPU_LAYOUTS = ["wan 480x832x81", "wan 768x1280x69", "wan 720x1280x81"]
 
 
@@ -60,20 +62,21 @@ def main() -> None:
         full = BlockMask.full(mask.num_q_blocks, mask.num_k_blocks, 128, device=args.device)
         g = torch.Generator(device=args.device).manual_seed(0)
         q, k, v = (torch.randn(1, s, heads, head_dim, device=args.device, dtype=dtype, generator=g) for _ in range(3))
-        t_sdpa = bench(
-            lambda q=q, k=k, v=v: F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            ),
-            args.device,
-            repeats=args.repeats,
-        )
+
+        def sdpa(q=q, k=k, v=v):
+            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+
+        sparse = {
+            b: (lambda q=q, k=k, v=v, m=mask, b=b: block_sparse_attention(q, k, v, m, backend=b)) for b in backends
+        }
+        # Interleaved rounds (SDPA, then every backend, repeated): a machine whose speed drifts over minutes slows
+        # all of a round alike, so per-round ratios compare like with like. Reported: medians over the rounds.
+        times = interleaved({DENSE: sdpa, **sparse}, args.device, repeats=args.repeats)
+        t_sdpa = statistics.median(times[DENSE])
         flops_dense = 4 * s * s * head_dim * heads
         for backend in backends:
-            t_sparse = bench(
-                lambda q=q, k=k, v=v, m=mask, b=backend: block_sparse_attention(q, k, v, m, backend=b),
-                args.device,
-                repeats=args.repeats,
-            )
+            t_sparse = statistics.median(times[backend])
+            ratio = statistics.median(a / b for a, b in zip(times[DENSE], times[backend], strict=True))
             t_own = bench(
                 lambda q=q, k=k, v=v, m=full, b=backend: block_sparse_attention(q, k, v, m, backend=b),
                 args.device,
@@ -87,9 +90,9 @@ def main() -> None:
                 "t_sdpa_s": t_sdpa,
                 "t_sparse_s": t_sparse,
                 "t_own_dense_s": t_own,
-                "speed_vs_sdpa": t_sdpa / t_sparse,
+                "speed_vs_sdpa": ratio,
                 "target_speed_vs_sdpa": 0.8 / mask.density,
-                "efficiency": t_sdpa / t_sparse * mask.density,
+                "efficiency": ratio * mask.density,
                 "sparse_over_own_dense": t_sparse / t_own,
                 "target_sparse_over_own_dense": mask.density + 0.1,
                 "own_dense_tflops": flops_dense / t_own / 1e12,
@@ -111,9 +114,9 @@ def main() -> None:
         "",
         f"torch {env['torch']}, triton {env['triton']}; batch 1, {heads} heads x {head_dim}, {dtype}, radial masks "
         "(Wan defaults: decay 0.2, first-frame sink, 128-token blocks). Median of "
-        f"{args.repeats} runs, every backend timed in the same process right after SDPA. `x vs SDPA` = t_SDPA / "
-        "t_sparse (target 0.8/density); `eff` = x vs SDPA x density (speed per kept block against SDPA's, target "
-        "0.85); "
+        f"{args.repeats} interleaved rounds (SDPA then every backend, each round); `x vs SDPA` = median over the "
+        "rounds of t_SDPA / t_sparse (target 0.8/density); `eff` = x vs SDPA x density (speed per kept block "
+        "against SDPA's, target 0.85); "
         "`sparse/own dense` = t_sparse / t_backend_full_mask (target density + 0.1).",
         "",
         "| layout | tokens | backend | density | SDPA s | sparse s | x vs SDPA | target | eff | own dense s | "

@@ -32,6 +32,23 @@ def bench(fn, device: str, warmup: int = 1, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def interleaved(fns: dict, device: str, warmup: int = 1, repeats: int = 3) -> dict[str, list[float]]:
+    """Wall seconds of each ``fns[name]()`` over ``repeats`` rounds that call every function once, in order, after
+    ``warmup`` untimed rounds: ``{name: [seconds per round]}``."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
