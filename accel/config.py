@@ -64,7 +64,8 @@ class RadialConfig:
     - ``dense_layers``: the first N self-attention layers always run dense.
     - ``sink``: every frame attends densely to the first latent frame.
     - ``block_size``: tokens per mask block (power of two; 128 matches the kernels' tiles).
-    - ``backend``: ``auto`` | ``triton`` | ``flex`` | ``reference``.
+    - ``backend``: ``auto`` (the fastest backend in the device's measured efficiency table) | ``triton`` | ``flex`` |
+      ``sdpa`` | ``gather`` | ``reference``.
     - ``max_density``: a mask keeping more than this fraction runs dense instead (sparsity would not pay).
     - ``min_blocks``: sequences shorter than this many blocks run dense.
     - ``min_speedup``: a call runs sparse only when the estimated speed-up over dense attention on this backend

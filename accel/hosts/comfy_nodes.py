@@ -44,7 +44,8 @@ TOOLTIPS = {
     "cache_interval": "TaylorSeer: a full step every N steps, predicted in between (0 = the model's value).",
     "plan_file": "Sparse-vDiT: path of the calibration plan (JSON) for this model, resolution, frames and steps.",
     "expert": "Wan 2.2 A14B: which expert this model is (its published settings and per-layer state differ).",
-    "backend": "Sparse kernel: auto (Triton on CUDA, FlexAttention elsewhere), triton, flex, gather, reference.",
+    "backend": "Sparse kernel: auto (the fastest in this device's measured table: Triton on CUDA, sdpa on CPU), "
+    "triton, flex, sdpa, gather, reference.",
     "overrides": "Advanced: more config fields as 'name=value, ...' (e.g. 'block_size=64, dense_layers=2').",
 }
 
