@@ -21,8 +21,11 @@ def apply_mode(args, quiet: bool = False) -> None:
     printed on stderr unless quiet."""
     import sys
 
+    from tqdm import tqdm
+
     mode = getattr(args, "efficiency", None)
-    notify = None if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    # tqdm.write: the notice comes during the first sparse call, under the denoising progress bar
+    notify = None if quiet else (lambda text: tqdm.write(text, file=sys.stderr))
     try:
         accel.set_efficiency(mode, notify)
     except ValueError as e:
