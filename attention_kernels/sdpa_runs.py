@@ -251,36 +251,31 @@ def _math_with_lse(q, k, v, scale, bias, chunk: int = 1024):
 class _Pieces:
     """The attention pieces of one grid of slices, merged per query row by log-sum-exp at the end.
 
-    Every piece has a finite LSE on each of its rows (the plan drops key blocks without a valid key), so the merge
-    is a handful of vectorised ops over all pieces instead of one small merge per piece."""
+    Every piece covers a contiguous range of query rows and has a finite LSE on each of them (the plan drops key
+    blocks without a valid key). The merge takes two passes over the pieces: the largest LSE per row, then the
+    weighted sums, all on slices (no index tensors)."""
 
     def __init__(self):
-        self.rows: list[torch.Tensor] = []
-        self.outs: list[torch.Tensor] = []
-        self.lses: list[torch.Tensor] = []
+        self.pieces: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
 
-    def add(self, rows: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> None:
-        """``rows [L]`` query token indices, ``out [b, h, L, D]``, ``lse [b, h, L]``."""
-        self.rows.append(rows)
-        self.outs.append(out)
-        self.lses.append(lse)
+    def add(self, start: int, stop: int, out: torch.Tensor, lse: torch.Tensor) -> None:
+        """Query rows ``[start, stop)``: ``out [b, h, L, D]`` (owned: scaled in place), ``lse [b, h, L]``."""
+        self.pieces.append((start, stop, out, lse))
 
     def merge(self, shape: tuple[int, int, int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(out fp32 [b, h, Sq, D], lse fp32 [b, h, Sq])``; rows without a piece are zeros with LSE ``-inf``."""
         b, h, sq, d = shape
-        if not self.rows:
-            return torch.zeros(shape, device=device), torch.full((b, h, sq), float("-inf"), device=device)
-        idx = torch.cat(self.rows).to(device)
-        lse = torch.cat(self.lses, 2).float()
         top = torch.full((b, h, sq), float("-inf"), device=device)
-        top.scatter_reduce_(2, idx.expand(b, h, -1), lse, "amax")
+        for s0, s1, _, lse in self.pieces:
+            torch.maximum(top[:, :, s0:s1], lse, out=top[:, :, s0:s1])
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        w = torch.exp(lse - top[:, :, idx])  # in (0, 1]: nothing overflows
-        total = torch.zeros(b, h, sq, device=device).index_add_(2, idx, w)
+        total = torch.zeros(b, h, sq, device=device)
         out = torch.zeros(shape, device=device)
-        for o, piece_rows, piece_w in zip(self.outs, self.rows, torch.split(w, [r.numel() for r in self.rows], 2),
-                                          strict=True):  # fmt: skip
-            out.index_add_(2, piece_rows.to(device), o.float() * piece_w.unsqueeze(-1))
+        for s0, s1, o, lse in self.pieces:
+            w = torch.exp(lse.float() - top[:, :, s0:s1])  # in (0, 1]: nothing overflows
+            total[:, :, s0:s1] += w
+            o = o.mul_(w.unsqueeze(-1)) if o.dtype == torch.float32 else o.float().mul_(w.unsqueeze(-1))
+            out[:, :, s0:s1] += o
         out /= torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(-1)
         return out, top + torch.log(total)  # log(0) = -inf on rows without a piece
 
@@ -323,7 +318,7 @@ def sdpa_block_sparse(q, k, v, mask: BlockMask, scale: float) -> tuple[torch.Ten
                 qs, ks = slice(r0 * bs, min(r1 * bs, Sq)), slice(k0 * bs, min(k1 * bs, Sk))
                 bias = key_bias[None, None, None, ks] if any(plan.partial[k0:k1]) else None
                 o, lse = attention_with_lse(q_g[:, :, qs], k_g[:, :, ks], v_g[:, :, ks], scale, bias)
-                pieces.add(torch.arange(qs.start, qs.stop), o, lse)
+                pieces.add(qs.start, qs.stop, o, lse)
             if slice_plan.strips:
                 if kv_blocks is None:
                     kv_blocks = [_pad_blocks(t, mask.num_k_blocks, bs) for t in (k, v)]
@@ -355,7 +350,7 @@ def _run_strips(plan: SlicePlan, partial, q_g, kv_blocks, bias_blocks, scale, pi
         qs = slice(r0 * bs, min(r1 * bs, Sq))
         bias = bias_blocks[c].reshape(1, 1, 1, n * bs) if any(partial[i] for i in cols.tolist()) else None
         o, lse = attention_with_lse(q_g[:, :, qs], kg, vg, scale, bias)
-        pieces.add(torch.arange(qs.start, qs.stop), o, lse)
+        pieces.add(qs.start, qs.stop, o, lse)
 
 
 _WORKSPACE = threading.local()
