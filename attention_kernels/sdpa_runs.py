@@ -164,12 +164,14 @@ def _plan_slice(kept: torch.Tensor, live: torch.Tensor, min_rows: int) -> SliceP
 
 @dataclass(frozen=True)
 class MaskPlan:
-    """Per distinct mask slice: its plan and the ``(batch, head)`` slices of the mask that share it; ``partial``
-    (per key block): the block holds padding or the sequence's end, which a call must mask."""
+    """Per distinct mask slice: its plan and the ``(batch, head)`` slices of the mask that share it. Per key block:
+    ``padded``, it holds padding keys (every call masks them); ``partial``, padding or the sequence's end (a gathered
+    call, which reads whole blocks, masks both; a view ends at ``Sk`` by itself)."""
 
     groups: tuple[tuple[SlicePlan, tuple[tuple[int, int], ...]], ...]
     block_size: int
     partial: list[bool]
+    padded: list[bool]
 
     @property
     def calls(self) -> int:
@@ -191,6 +193,10 @@ def plan_mask(mask: BlockMask, q_len: int, k_len: int, min_tile_tokens: int | No
     valid[:k_len] = True if mask.key_valid is None else mask.key_valid.cpu()
     valid = valid.view(kb, bs)
     live, partial = valid.any(1), ~valid.all(1)
+    padded = torch.zeros(kb * bs, dtype=torch.bool)
+    if mask.key_valid is not None:
+        padded[:k_len] = ~mask.key_valid.cpu()
+    padded = padded.view(kb, bs).any(1)
     min_rows = max(1, -(-min_tile_tokens // bs))
     distinct: list[tuple[torch.Tensor, SlicePlan, list]] = []  # heads often share a mask: plan each one once
     for b in range(dense.shape[0]):
@@ -201,7 +207,7 @@ def plan_mask(mask: BlockMask, q_len: int, k_len: int, min_tile_tokens: int | No
                 same = (s, _plan_slice(s, live, min_rows), [])
                 distinct.append(same)
             same[2].append((b, h))
-    plan = MaskPlan(tuple((p, tuple(m)) for _, p, m in distinct), bs, partial.tolist())
+    plan = MaskPlan(tuple((p, tuple(m)) for _, p, m in distinct), bs, partial.tolist(), padded.tolist())
     per_mask[key] = plan
     return plan
 
@@ -222,12 +228,14 @@ def attention_with_lse(q, k, v, scale: float, bias: torch.Tensor | None = None):
         if bias is None and q.dtype in (torch.float16, torch.bfloat16):
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
             return out, lse
-        if bias is not None:
-            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, 0.0, False, scale=scale)[
-            :2
-        ]
-        return out, lse[..., : q.shape[2]]
+        full_bias = None if bias is None else bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        try:
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q, k, v, full_bias, True, 0.0, False, scale=scale
+            )[:2]
+            return out, lse[..., : q.shape[2]]
+        except RuntimeError:  # shapes or bias alignments the kernel refuses (unmeasured: no GPU has run this yet)
+            pass
     return _math_with_lse(q, k, v, scale, bias)
 
 
@@ -316,7 +324,7 @@ def sdpa_block_sparse(q, k, v, mask: BlockMask, scale: float) -> tuple[torch.Ten
             pieces = _Pieces()
             for r0, r1, k0, k1 in slice_plan.tiles:
                 qs, ks = slice(r0 * bs, min(r1 * bs, Sq)), slice(k0 * bs, min(k1 * bs, Sk))
-                bias = key_bias[None, None, None, ks] if any(plan.partial[k0:k1]) else None
+                bias = key_bias[None, None, None, ks] if any(plan.padded[k0:k1]) else None
                 o, lse = attention_with_lse(q_g[:, :, qs], k_g[:, :, ks], v_g[:, :, ks], scale, bias)
                 pieces.add(qs.start, qs.stop, o, lse)
             if slice_plan.strips:
