@@ -19,8 +19,9 @@ ops. Keys past ``Sk`` never count (views end at ``Sk``; gathered tails are maske
 (``BlockMask.key_valid`` False) are masked with a ``-inf`` bias, and key blocks without a valid key are dropped
 when the plan is built, so a row with no valid key ends as zeros with LSE ``-inf``.
 
-Measured on the 2-core development CPU (fp32, radial at Wan 480x832x81, 32,760 tokens, density 0.339): 2.5x over
-SDPA, 0.86 of SDPA's speed per kept block (benchmarks/results/attention_cpu.md).
+Measured on the 2-core development CPU (fp32, radial at Wan 480x832x81, 32,760 tokens, density 0.339): 2.1-2.4x
+over SDPA in the medians of interleaved rounds, 0.7-0.8 of SDPA's speed per kept block (2.6x and 0.88 in the
+fastest rounds; benchmarks/results/attention_cpu.md).
 
 The fused call with LSE: torch's CPU flash kernel on CPU; FlashAttention (fp16/bf16, no bias) or memory-efficient
 attention (fp32 or a bias) on CUDA/ROCm; elsewhere (MPS, XPU) the math path in query chunks, since no public fused
@@ -59,10 +60,6 @@ class SlicePlan:
 
     tiles: tuple[tuple[int, int, int, int], ...]
     strips: tuple[tuple[int, int, torch.Tensor], ...]
-
-    @property
-    def calls(self) -> int:
-        return len(self.tiles) + len(self.strips)
 
 
 Runs = list[tuple[int, int]]
@@ -172,10 +169,6 @@ class MaskPlan:
     block_size: int
     partial: list[bool]
     padded: list[bool]
-
-    @property
-    def calls(self) -> int:
-        return sum(p.calls for p, members in self.groups)
 
 
 def plan_mask(mask: BlockMask, q_len: int, k_len: int, min_tile_tokens: int | None = None) -> MaskPlan:

@@ -7,9 +7,9 @@ the call's (device, torch version, dtype, head dim).
 
 On first use of such a key a micro-benchmark (:func:`measure`, about 3 seconds at most) times dense SDPA against
 each backend the device can run, on banded masks (a local window plus a sink, the shape of radial and Re-ttention
-masks) at two densities, and caches the table on disk beside the calibration plans: ``$ACCEL_EFFICIENCY_DIR`` or
-``~/.cache/diffusion-fast/efficiency/<key>.json``. A corrupt or foreign file there is measured again, never an
-error.
+masks) at two densities and two sequence lengths, and caches the table on disk beside the calibration plans:
+``$ACCEL_EFFICIENCY_DIR`` or ``~/.cache/diffusion-fast/efficiency/<key>.json``. A corrupt or foreign file there is
+measured again, never an error.
 
 ``ACCEL_EFFICIENCY`` (or :func:`set_mode`, which the CLI's ``--efficiency`` flag calls):
 
@@ -25,6 +25,7 @@ value and are listed as such in the table's ``unmeasured``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -98,14 +99,10 @@ class EfficiencyTable:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def summary(self) -> str:
-        vals = ", ".join(f"{b} {v:.2f}" for b, v in self.values.items())
-        return f"{vals} ({self.source}; {self.key})"
-
 
 _MODE: str | None = None
 _TABLES: dict[str, EfficiencyTable] = {}
-# Tests register extra backends to measure (name -> fn(q, k, v, mask) -> out); see tests/methods/test_efficiency.py.
+# Tests register extra backends to measure (name -> fn(q, k, v, mask) -> out); see tests/core/test_efficiency.py.
 EXTRA_BACKENDS: dict[str, Callable] = {}
 
 
@@ -133,6 +130,12 @@ def device_label(device: torch.device) -> str:
 
 
 def table_key(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    return _table_key(device, dtype, head_dim, torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=64)
+def _table_key(device: torch.device, dtype: torch.dtype, head_dim: int, threads: int) -> str:
+    # Cached: every attention call looks its table up, and the CUDA device name is a driver query.
     name = f"{device_label(device)}_torch{torch.__version__}_{str(dtype).removeprefix('torch.')}_d{head_dim}"
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
 
