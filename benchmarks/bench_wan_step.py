@@ -46,7 +46,6 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -501,9 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     md = markdown(rows, env, settings)
     print(md)
     payload = {"environment": env, "settings": settings, "rows": rows}
-    # write_results writes under common.RESULTS; --out (and every dry run) points it elsewhere.
-    with mock.patch.object(common, "RESULTS", args.out or common.RESULTS):
-        common.write_results("wan_step", args.device, args.tag, payload, md)
+    common.write_results("wan_step", args.device, args.tag, payload, md, folder=args.out)  # --out, every dry run
     if all("s_per_step" not in r for r in rows):
         sys.exit(1)
 

@@ -61,12 +61,15 @@ def device_tag(device: str) -> str:
     return "cpu"
 
 
-def write_results(kind: str, device: str, tag: str | None, payload: dict, markdown: str) -> tuple[Path, Path]:
-    """Write ``<kind>_<device>[_<tag>].{json,md}`` under benchmarks/results/ and say so."""
+def write_results(
+    kind: str, device: str, tag: str | None, payload: dict, markdown: str, folder: Path | None = None
+) -> tuple[Path, Path]:
+    """Write ``<kind>_<device>[_<tag>].{json,md}`` under ``folder`` (default benchmarks/results/) and say so."""
     stem = f"{kind}_{device_tag(device)}" + (f"_{tag}" if tag else "")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    js = RESULTS / f"{stem}.json"
-    md = RESULTS / f"{stem}.md"
+    folder = RESULTS if folder is None else Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    js = folder / f"{stem}.json"
+    md = folder / f"{stem}.md"
     js.write_text(json.dumps(payload, indent=2) + "\n")
     md.write_text(markdown)
     print(f"wrote {js} and {md}")
