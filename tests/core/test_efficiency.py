@@ -52,7 +52,8 @@ def _count_measures(monkeypatch):
 
 def test_slow_backend_is_measured_slow_and_stays_dense(fresh, monkeypatch):
     monkeypatch.setitem(efficiency.EXTRA_BACKENDS, "slowfake", _slow)
-    table = efficiency.table_for("cpu", torch.float32, HEAD_DIM)
+    # A generous budget: on a loaded machine the fake, measured last, must still be reached.
+    table = efficiency.table_for("cpu", torch.float32, HEAD_DIM, budget_s=60)
     assert table.source == "measured"
     assert table.values["slowfake"] < 0.2  # 50 ms against sub-millisecond dense calls
     assert set(table.measured["slowfake"][0]) == {"tokens", "density", "dense_s", "sparse_s"}
