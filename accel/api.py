@@ -142,7 +142,7 @@ def _install(pipe, installed: _Installed, transformers, specs, attn_cfg, cache_c
         from accel.caches import MemoryMeter, cache_hooks, cache_schedule
 
         installed.meter = MemoryMeter()
-        schedule = cache_schedule(cache_cfg, force_full=full_step)
+        schedule = cache_schedule(cache_cfg, force_full=full_step, record=installed.stats.cache_step)
         full_step = schedule.is_full
     active = installed.ownership.active
 
@@ -154,7 +154,7 @@ def _install(pipe, installed: _Installed, transformers, specs, attn_cfg, cache_c
         if cache_cfg is not None:
             hooks = cache_hooks(
                 transformer, spec, cache_cfg, schedule, step_source=step_source, count=installed.stats.add,
-                meter=installed.meter,
+                meter=installed.meter, reduce=host.context_parallel_sum(transformer),
             )  # fmt: skip
         installed.transformers.append(transformer)
         _ON_TRANSFORMER.setdefault(transformer, []).append(installed)

@@ -242,6 +242,7 @@ class RettentionConfig:
 
 DISTANCES = ("sigma", "timestep", "step")
 FACTOR_DTYPES = STORAGE_DTYPES
+CACHE_SIGNALS = ("forecast", "change")  # what an adaptive cache schedule decides from (accel.caches.adaptive)
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,16 @@ class TaylorSeerConfig:
       step-index expansion).
     - ``factor_dtype``: storage dtype of the cached factors (None: the module's output dtype).
     - ``lite``: cache one residual of the whole block stack instead of every module (memory: one tensor per order).
+    - ``threshold``: ``"auto"`` (default) takes the model's tuned value (Wan: 0.2; families without one keep the
+      fixed schedule), None keeps the fixed schedule above. A number makes it adaptive
+      (:mod:`accel.caches.adaptive`): the first ``probe_blocks`` blocks run on every step, and the rest of a step runs
+      in full only when the probe's ``signal`` exceeds ``threshold``; ``interval`` then bounds the gap between full
+      steps (at most ``interval - 1`` predicted steps in a row). Warm-up, final and attention-required steps stay
+      full. Decided per guidance branch, identically on every context-parallel rank. An adaptive schedule takes
+      unset fields from the model's adaptive defaults first (Wan: ``warmup_steps=4``), then its published ones.
+    - ``signal``: ``"forecast"`` (relative L1 error of the probe's own Taylor forecast) or ``"change"`` (relative L1
+      change of the probe since the last full step, FirstBlockCache / DBCache style).
+    - ``probe_blocks``: how many leading blocks always run to give the probe (their modules are never cached).
     """
 
     interval: int | None = None
@@ -272,6 +283,9 @@ class TaylorSeerConfig:
     distance: str = "sigma"
     factor_dtype: str | None = None
     lite: bool = False
+    threshold: float | str | None = "auto"
+    signal: str = "forecast"
+    probe_blocks: int = 1
 
     method = "taylorseer"
 
@@ -284,9 +298,25 @@ class TaylorSeerConfig:
         _check(self.final_full_steps >= 0, "final_full_steps must be >= 0")
         _check(self.distance in DISTANCES, f"distance must be one of {DISTANCES}, got {self.distance!r}")
         _check(self.factor_dtype in FACTOR_DTYPES, f"factor_dtype must be one of {FACTOR_DTYPES}")
+        _check(
+            self.threshold is None
+            or self.threshold == "auto"
+            or (isinstance(self.threshold, (int, float)) and self.threshold == self.threshold and self.threshold >= 0),
+            f"threshold must be a number >= 0 (adaptive), None (fixed schedule) or 'auto', got {self.threshold!r}",
+        )
+        _check(self.signal in CACHE_SIGNALS, f"signal must be one of {CACHE_SIGNALS}, got {self.signal!r}")
+        _check(self.probe_blocks >= 1, f"probe_blocks must be >= 1, got {self.probe_blocks}")
 
     def with_defaults(self, defaults: dict[str, Any]) -> TaylorSeerConfig:
-        return _fill_unset(self, defaults, {"interval": 5, "order": 1, "warmup_steps": 1})
+        """Unset fields from the model: ``threshold="auto"`` becomes the model's ``adaptive["threshold"]`` (None
+        without one: the fixed schedule); an adaptive schedule fills unset fields from ``adaptive`` first."""
+        adaptive = dict(defaults.get("adaptive") or {})
+        published = {k: v for k, v in defaults.items() if k != "adaptive"}
+        threshold = adaptive.pop("threshold", None) if self.threshold == "auto" else self.threshold
+        if threshold is not None:
+            published = {**published, **adaptive}
+        cfg = dataclasses.replace(self, threshold=threshold)
+        return _fill_unset(cfg, published, {"interval": 5, "order": 1, "warmup_steps": 1})
 
 
 ATTENTION_CONFIGS: dict[str, type] = {

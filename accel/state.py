@@ -95,6 +95,14 @@ class Stats:
     density_sum: float = 0.0
     # The efficiency tables the never-slower decisions read (key -> source, values, by_tokens; methods.efficiency).
     tables: dict[str, dict] = field(default_factory=dict)
+    # Adaptive caching: the steps each "transformer/branch" computed in full and predicted, in decision order.
+    cache_steps: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+    def cache_step(self, branch: str, step: int, full: bool) -> None:
+        """Count one adaptive cache decision (``cache:full_steps`` / ``cache:predicted_steps``) and log it."""
+        kind = "full" if full else "predicted"
+        self.counts[f"cache:{kind}_steps"] += 1
+        self.cache_steps.setdefault(branch, {"full": [], "predicted": []})[kind].append(step)
 
     def add(self, outcome: str, reason: str = "", density: float | None = None) -> None:
         self.counts[outcome] += 1
@@ -109,12 +117,15 @@ class Stats:
         d["mean_sparse_density"] = self.density_sum / sparse if sparse else None
         if self.tables:
             d["efficiency"] = {k: dict(v) for k, v in self.tables.items()}
+        if self.cache_steps:
+            d["cache_steps"] = {k: {n: list(v) for n, v in s.items()} for k, s in self.cache_steps.items()}
         return d
 
     def reset(self) -> None:
         self.counts.clear()
         self.density_sum = 0.0
         self.tables.clear()
+        self.cache_steps.clear()
 
 
 CURRENT_STEP: ContextVar[StepInfo | None] = ContextVar("accel_current_step", default=None)

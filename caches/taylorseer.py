@@ -134,6 +134,15 @@ class CacheSchedule:
             return True
         return (step_index - (self.warmup_steps - 1)) % self.interval == 0
 
+    adaptive = False
+
+    def step_full(self, step) -> bool:
+        """Whether the cached modules compute in this forward (a fixed schedule: the forward's own decision)."""
+        return step.full
+
+    def reset(self) -> None:
+        """End of a generation (a fixed schedule keeps no state)."""
+
     def takes_differences(self, step_index: int) -> bool:
         """TaylorSeer's order rule: finite differences are only taken once the step is past ``E - 2``."""
         return step_index > self.warmup_steps - 2
@@ -163,9 +172,10 @@ class _CacheHookBase(ModelHook):
         return state
 
     def _decide(self, step, state: TaylorState, input_shape) -> bool:
-        """True: run the module. Predict only off full steps (``step.full``, decided once per forward from this
-        schedule and what the attention method requires) and when the ladder fits this input."""
-        if step.full or not state.ready:
+        """True: run the module. Predict only off full steps (:meth:`CacheSchedule.step_full`: decided once per
+        forward from this schedule and what the attention method requires, or by the adaptive schedule's probe) and
+        when the ladder fits this input."""
+        if self.schedule.step_full(step) or not state.ready:
             return True
         return state.input_shape != input_shape
 
@@ -292,3 +302,59 @@ class LiteBlockHook(_CacheHookBase):
             return hs
         state.stack_input = None
         return hs + self._predict(state, state.step, hs.dtype)
+
+
+class ProbeHook(ModelHook):
+    """Adaptive schedule (:class:`accel.caches.adaptive.AdaptiveSchedule`): the probe blocks always run; the first
+    (``role`` "start" or "only") records its ``hidden_states`` input, the last ("end" or "only") hands the residual
+    ``output - input`` of that stream to the schedule, which decides the rest of the step before the next block.
+
+    ``reduce``: sums a small tensor over the context-parallel ranks (identity without parallelism), so that every
+    rank decides from the whole sequence.
+    """
+
+    _is_stateful = True
+
+    def __init__(self, schedule, step_source, role: str, slot: dict, reduce=None):
+        super().__init__()
+        self.schedule = schedule
+        self.step_source = step_source
+        self.role = role
+        self.slot = slot  # shared by the start and end hooks of one transformer
+        self.reduce = reduce
+        self.state_manager = StateManager(TaylorState)  # unused: makes diffusers reset this hook after each call
+
+    @torch.compiler.disable(recursive=False)  # a compiler boundary, as TaylorSeerHook.new_forward
+    def new_forward(self, module, *args, **kwargs):
+        step = self._begin(args, kwargs)
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if step is not None and self.role in ("end", "only"):
+            self._decide(step, out)
+        return out
+
+    @torch.compiler.disable
+    def _begin(self, args, kwargs):
+        step = self.step_source()
+        if step is None:
+            return None
+        if self.role in ("start", "only"):
+            hs = args[0] if args else kwargs.get("hidden_states")
+            self.slot["input"] = hs if isinstance(hs, torch.Tensor) else None
+        return step
+
+    @torch.compiler.disable
+    def _decide(self, step, out) -> None:
+        x = self.slot.pop("input", None)
+        outs = [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+        same = [t for t in outs if x is not None and t.shape == x.shape]
+        if not same:
+            raise RuntimeError(
+                f"adaptive caching: no output of the probe block matches its hidden_states input "
+                f"{None if x is None else tuple(x.shape)}; use threshold=None (a fixed schedule) for this model"
+            )
+        self.schedule.decide(step, same[-1] - x, self.reduce)
+
+    def reset_state(self, module):
+        self.schedule.reset()
+        self.slot.clear()
+        return module

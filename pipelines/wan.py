@@ -39,7 +39,10 @@ def wan_defaults(pipe) -> dict:
     # shift 5). Re-ttention and Sparse-vDiT publish no Wan settings: their generic defaults apply (accel/config.py).
     draft = {"sparsity": 0.75, "dense_step_fraction": 15 / 50, "dense_layers": 1}
     # TaylorSeer-Wan2.1: fresh_threshold 5, max_order 1, first_enhance 1.
-    taylorseer = {"interval": 5, "order": 1, "warmup_steps": 1}
+    # Adaptive schedule (the preset's default; threshold=None keeps the published fixed one above): chosen from the
+    # caching front measured on the embedded Wan model against cache-dit, diffusers' FirstBlockCache / MagCache /
+    # TaylorSeer (benchmarks/results/cache_front_embedded_cpu.md): warm-up 4 steps, relative forecast error 0.2.
+    taylorseer = {"interval": 5, "order": 1, "warmup_steps": 1, "adaptive": {"threshold": 0.2, "warmup_steps": 4}}
     return {"radial": radial, "draft": draft, "taylorseer": taylorseer}
 
 

@@ -466,18 +466,21 @@ class BlockCache:
     """
 
     def __init__(self, host: ComfyHost, cfg, force_full):
-        from accel.caches.taylorseer import CacheSchedule
+        from accel.caches.adaptive import make_schedule
 
         if cfg.lite:
             raise ConfigError("TaylorSeer lite mode is not available in ComfyUI yet; use lite=False")
         self.host = host
         self.cfg = cfg
-        self.schedule = CacheSchedule(cfg.interval, cfg.warmup_steps, cfg.final_full_steps, force_full=force_full)
+        self.schedule = make_schedule(cfg, force_full=force_full, record=host.stats.cache_step)
         self.factor_dtype = torch_dtype(cfg.factor_dtype)
         self.states: dict[tuple, dict] = {}
+        self.probe_input: torch.Tensor | None = None  # adaptive schedule: the first block's img input
 
     def reset(self) -> None:
         self.states.clear()
+        self.schedule.reset()
+        self.probe_input = None
 
     def memory(self) -> int:
         return sum(lad.nbytes() for st in self.states.values() for lad in st["ladders"].values())
@@ -494,11 +497,27 @@ class BlockCache:
                 return run()
             fwd.block = layer
             try:
+                if self.schedule.adaptive and layer < self.schedule.probe_blocks:
+                    return self._probe(fwd.step, layer, args, run)
                 return self._block(fwd.step, (kind, index), args, run)
             finally:
                 fwd.block = None
 
         return replace
+
+    def _probe(self, step: StepInfo, layer: int, args: dict, run) -> dict:
+        """Adaptive schedule: a probe block always runs; the last one hands the residual of the ``img`` stream over
+        the probe blocks to the schedule, which decides the rest of this step."""
+        if layer == 0:
+            img = args.get("img")
+            self.probe_input = img.clone() if isinstance(img, torch.Tensor) else None  # blocks add in place
+        out = run()
+        if layer == self.schedule.probe_blocks - 1 and self.probe_input is not None:
+            x, self.probe_input = self.probe_input, None
+            img = out.get("img")
+            if isinstance(img, torch.Tensor) and img.shape == x.shape:
+                self.schedule.decide(step, img - x)
+        return out
 
     def _block(self, step: StepInfo, block, args: dict, run) -> dict:
         from accel.caches.taylorseer import TaylorLadder
@@ -508,7 +527,7 @@ class BlockCache:
         if st is not None and st["step"] is not None and step.step_index < st["step"]:
             st = None  # a new run in the same state (sampling driven without OUTER_SAMPLE)
         shapes = {n: tuple(t.shape) for n, t in args.items() if isinstance(t, torch.Tensor) and n in ("img", "txt")}
-        if step.full or st is None or st["shapes"] != shapes:
+        if self.schedule.step_full(step) or st is None or st["shapes"] != shapes:
             # ComfyUI's Flux / HunyuanVideo blocks add to their txt (double) and img (single) inputs in place: keep
             # the inputs, or the residual would read zero.
             inputs = {n: args[n].clone() for n in shapes}

@@ -41,7 +41,10 @@ TOOLTIPS = {
     "decay": "Radial: window decay factor (0 = the model's published value: Wan2.1 0.2, Wan2.2 0.8, Hunyuan 0.95).",
     "sparsity": "Draft: fraction of patch pairs dropped per head (0 = the model's value: Wan 0.75, Hunyuan 0.9).",
     "dense_warmup": "Attention: leading fraction of steps run dense (-1 = the model's published value).",
-    "cache_interval": "TaylorSeer: a full step every N steps, predicted in between (0 = the model's value).",
+    "cache_interval": "TaylorSeer: a full step every N steps, predicted in between (0 = the model's value); "
+    "with a threshold, the longest gap between full steps.",
+    "threshold": "TaylorSeer: adaptive schedule, a step runs in full when the first block's forecast error exceeds "
+    "this (-1 = the model's value: Wan 0.2, others fixed; 0 = the fixed cache_interval schedule).",
     "plan_file": "Sparse-vDiT: path of the calibration plan (JSON) for this model, resolution, frames and steps.",
     "expert": "Wan 2.2 A14B: which expert this model is (its published settings and per-layer state differ).",
     "backend": "Sparse kernel: auto (the fastest in this device's measured table: Triton on CUDA, sdpa on CPU), "
@@ -73,8 +76,8 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return out
 
 
-def node_overrides(preset: str, *, decay=0.0, sparsity=0.0, dense_warmup=-1.0, cache_interval=0, plan_file="",
-                   backend="auto", overrides="") -> dict[str, Any]:  # fmt: skip
+def node_overrides(preset: str, *, decay=0.0, sparsity=0.0, dense_warmup=-1.0, cache_interval=0, threshold=-1.0,
+                   plan_file="", backend="auto", overrides="") -> dict[str, Any]:  # fmt: skip
     """Config overrides from the node's widgets: each widget applies only to the parts of ``preset`` it belongs to,
     and its "model default" value sets nothing."""
     parts = set(preset.split("+"))
@@ -92,15 +95,18 @@ def node_overrides(preset: str, *, decay=0.0, sparsity=0.0, dense_warmup=-1.0, c
         out["plan"] = plan_file.strip()
     if "taylorseer" in parts and cache_interval > 0:
         out["interval"] = int(cache_interval)
+    if "taylorseer" in parts and threshold >= 0:
+        out["threshold"] = float(threshold) if threshold > 0 else None
     out.update(parse_overrides(overrides))
     return out
 
 
 def accelerate(model, preset: str = "radial", decay: float = 0.0, sparsity: float = 0.0, dense_warmup: float = -1.0,
                cache_interval: int = 0, plan_file: str = "", expert: str = "single", backend: str = "auto",
-               overrides: str = ""):  # fmt: skip
+               overrides: str = "", threshold: float = -1.0):  # fmt: skip
     """The Accelerate node: a patched clone of ``model`` (weights shared, ``model`` untouched)."""
-    widgets = {"decay": decay, "sparsity": sparsity, "dense_warmup": dense_warmup, "cache_interval": cache_interval}
+    widgets = {"decay": decay, "sparsity": sparsity, "dense_warmup": dense_warmup, "cache_interval": cache_interval,
+               "threshold": threshold}  # fmt: skip
     kw = node_overrides(preset, plan_file=plan_file, backend=backend, overrides=overrides, **widgets)
     return accelerate_model(model, preset, expert=expert, **kw)
 
@@ -151,6 +157,10 @@ class AccelerateModelNode:
                 "expert": (list(EXPERTS), {"default": "single", "tooltip": t["expert"]}),
                 "backend": (list(BACKENDS), {"default": "auto", "tooltip": t["backend"]}),
                 "overrides": ("STRING", {"default": "", "tooltip": t["overrides"]}),
+                "threshold": (
+                    "FLOAT",
+                    {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01, "tooltip": t["threshold"]},
+                ),  # fmt: skip
             },
         }
 
@@ -223,6 +233,9 @@ def _v3_nodes():
                         "backend", options=list(BACKENDS), default="auto", optional=True, tooltip=t["backend"]
                     ),  # fmt: skip
                     io.String.Input("overrides", default="", optional=True, tooltip=t["overrides"]),
+                    io.Float.Input(
+                        "threshold", default=-1.0, min=-1.0, max=10.0, step=0.01, optional=True, tooltip=t["threshold"]
+                    ),  # fmt: skip
                 ],
                 outputs=[io.Model.Output(tooltip="The accelerated clone.")],
             )

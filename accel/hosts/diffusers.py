@@ -406,6 +406,21 @@ def _eager_call(route: str, original, layer_uid: int, ordinal: int, args, kwargs
 # Installing on one transformer
 
 
+def context_parallel_sum(transformer):
+    """``sum(t)``: ``t`` summed over the ranks that split ``transformer``'s sequence, read at call time (parallelism
+    may be enabled after ``accelerate``); ``t`` itself when the sequence is not split."""
+
+    def total(t: torch.Tensor) -> torch.Tensor:
+        group = di.context_parallel_group(transformer)
+        if group is None:
+            return t
+        t = t.clone()
+        torch.distributed.all_reduce(t, group=group)
+        return t
+
+    return total
+
+
 def install_transformer(installed, name: str, transformer, spec, pipe, method, cache_hooks, full_step) -> None:
     """Put the hooks of one installation on ``transformer`` (recorded in ``installed`` so they come off again).
 

@@ -26,6 +26,7 @@ __all__ = [
     "ModelHook",
     "StateManager",
     "add_hook",
+    "context_parallel_group",
     "context_parallel_kind",
     "current_context",
     "dense_forward_op",
@@ -223,6 +224,16 @@ def ulysses_heads(parallel_config, num_heads: int) -> int:
     cp = parallel_config.context_parallel_config
     degree = cp.ulysses_degree
     return cp._ulysses_local_rank * (-(-num_heads // degree))
+
+
+def context_parallel_group(transformer: torch.nn.Module):
+    """The process group over which ``transformer``'s context parallelism splits the sequence (every ring and Ulysses
+    rank), or None when it runs unsplit."""
+    cp = getattr(getattr(transformer, "_parallel_config", None), "context_parallel_config", None)
+    mesh = getattr(cp, "_flattened_mesh", None)
+    if mesh is None or (getattr(cp, "_world_size", None) or 1) <= 1:
+        return None
+    return mesh.get_group()
 
 
 def dense_forward_op():

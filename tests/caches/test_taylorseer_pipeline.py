@@ -56,7 +56,7 @@ def test_forward_calls_are_actually_skipped(wan, monkeypatch):
         run(pipe)
         dense_attn, dense_ffn = counter.attention, counter.ffn
         counter.attention = counter.ffn = 0
-        accelerate(pipe, "taylorseer")
+        accelerate(pipe, "taylorseer", threshold=None)
         try:
             out = run(pipe)
             s = accel.stats(pipe)
@@ -75,14 +75,14 @@ def test_forward_calls_are_actually_skipped(wan, monkeypatch):
 
 def test_consecutive_generations_equal_a_fresh_pipeline(wan):
     pipe, _ = wan
-    accelerate(pipe, "taylorseer")
+    accelerate(pipe, "taylorseer", threshold=None)
     try:
         first, second = run(pipe), run(pipe)
         assert accel.stats(pipe)["cache_bytes"] == 0  # state released at the end of each call
     finally:
         disable(pipe)
     fresh = tiny_wan_pipeline()
-    accelerate(fresh, "taylorseer")
+    accelerate(fresh, "taylorseer", threshold=None)
     try:
         assert torch.equal(first, second) and torch.equal(run(fresh), first)
     finally:
@@ -91,7 +91,7 @@ def test_consecutive_generations_equal_a_fresh_pipeline(wan):
 
 def test_cond_and_uncond_states_are_kept_apart(wan):
     pipe, _ = wan
-    accelerate(pipe, "taylorseer")
+    accelerate(pipe, "taylorseer", threshold=None)
     seen = []
     hooks = pipe.transformer.blocks[0].ffn._diffusers_hook.hooks
     (hook,) = [h for name, h in hooks.items() if name.startswith("accel.cache#")]
@@ -114,7 +114,7 @@ def test_memory_is_reported_and_bounded_by_lite_and_dtype(wan):
     pipe, _ = wan
     peaks = {}
     for name, kw in {"full": {}, "bf16": {"factor_dtype": "bfloat16"}, "lite": {"lite": True}}.items():
-        accelerate(pipe, "taylorseer", **kw)
+        accelerate(pipe, "taylorseer", threshold=None, **kw)
         try:
             run(pipe)
             peaks[name] = accel.stats(pipe)["cache_peak_bytes"]
@@ -129,7 +129,9 @@ def test_memory_is_reported_and_bounded_by_lite_and_dtype(wan):
 
 def test_radial_plus_taylorseer_share_one_schedule(wan):
     pipe, _ = wan
-    accelerate(pipe, "radial+taylorseer", block_size=16, min_speedup=0)  # tiny: exercise the sparse path
+    accelerate(
+        pipe, "radial+taylorseer", block_size=16, min_speedup=0, threshold=None
+    )  # tiny: exercise the sparse path
     try:
         run(pipe)
         s = accel.stats(pipe)
@@ -144,7 +146,7 @@ def test_radial_plus_taylorseer_share_one_schedule(wan):
 def test_disable_restores_bit_identical_output(wan):
     pipe, ref = wan
     for preset in ("taylorseer", "radial+taylorseer"):
-        accelerate(pipe, preset, lite=False)
+        accelerate(pipe, preset, lite=False, threshold=None)
         run(pipe)
         disable(pipe)
         for m in pipe.transformer.modules():
@@ -160,7 +162,7 @@ def test_pipeline_without_cache_context_gets_one():
     holder = types.SimpleNamespace(transformer=t)  # no scheduler, no cache_context: steps are counted
     x = torch.randn(1, 16, 3, 4, 4)
     enc = torch.randn(1, 8, 32)
-    accelerate(holder, "taylorseer", interval=2, warmup_steps=1)
+    accelerate(holder, "taylorseer", interval=2, warmup_steps=1, threshold=None)
     try:
         with torch.no_grad():
             outs = [t(x, torch.tensor([900.0 - 100 * i]), enc, return_dict=False)[0] for i in range(5)]

@@ -78,6 +78,10 @@ def test_set_values_are_converted():
     settings = {"residual_layers": "0,2", "residual_dtype": "bfloat16", "window_frames": "-1"}
     _, values = check_preset("rettention", settings)
     assert values == {"residual_layers": (0, 2), "residual_dtype": "bfloat16", "window_frames": -1}
+    # --set threshold=T: a number (adaptive), none (the fixed schedule) or auto (the model's value)
+    for text, want in (("0.25", 0.25), ("none", None), ("auto", "auto")):
+        config, values = check_preset("taylorseer", {"threshold": text, "signal": "change"})
+        assert values == {"threshold": want, "signal": "change"} and config.cache.threshold == want
 
 
 def test_unknown_parameter_names_the_valid_ones(no_loading, capsys):

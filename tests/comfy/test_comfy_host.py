@@ -248,7 +248,7 @@ def test_block_index_from_transformer_options():
 def test_taylorseer_predicts_blocks_and_resets_per_run():
     for kind, latent, blocks in [("wan", (1, 4, 2, 4, 8), 2), ("flux", (1, 4, 8, 8), 2)]:
         mp = s.patcher(kind)
-        clone = accelerate_model(mp, "taylorseer", interval=2, warmup_steps=1, order=1)
+        clone = accelerate_model(mp, "taylorseer", interval=2, warmup_steps=1, order=1, threshold=None)
         cond, uncond = _ctx()
         x = torch.randn(*latent)
         sigmas = torch.linspace(1.0, 0.0, 8)
@@ -265,6 +265,29 @@ def test_taylorseer_predicts_blocks_and_resets_per_run():
         assert torch.isfinite(first).all() and (first - dense).abs().max() < 0.5 * dense.abs().max()
 
 
+def test_adaptive_taylorseer_probes_the_first_block_and_decides_per_branch():
+    for kind, latent, blocks in [("wan", (1, 4, 2, 4, 8), 2), ("flux", (1, 4, 8, 8), 2)]:
+        mp = s.patcher(kind)
+        cond, uncond = _ctx()
+        x = torch.randn(*latent)
+        sigmas = torch.linspace(1.0, 0.0, 8)
+        dense = s.sample(mp, x, sigmas, cond, uncond)
+        # threshold 0: every step runs in full, so the output is the untouched model's
+        every = accelerate_model(mp, "taylorseer", threshold=0.0, warmup_steps=1)
+        assert torch.equal(s.sample(every, x, sigmas, cond, uncond), dense)
+        assert "cache:predicted_steps" not in model_stats(every)
+        # a threshold nothing reaches: the interval cap decides (full steps 0, 3, 6 of 7), the probe block always runs
+        capped = accelerate_model(mp, "taylorseer", threshold=1e9, warmup_steps=1, interval=3)
+        out = s.sample(capped, x, sigmas, cond, uncond)
+        st = model_stats(capped)
+        steps = st["cache_steps"]
+        assert steps and all(v == {"full": [0, 3, 6], "predicted": [1, 2, 4, 5]} for v in steps.values()), steps
+        forwards = 7 * len(steps)
+        assert st["cache:computed"] == 3 * len(steps) * (blocks - 1), st  # block 0 is the probe, never cached
+        assert st["cache:predicted"] == (forwards - 3 * len(steps)) * (blocks - 1), st
+        assert torch.isfinite(out).all() and not torch.equal(out, dense)
+
+
 def test_calls_between_schedule_entries_belong_to_their_step():
     # ComfyUI's dpmpp_2s_ancestral / dpmpp_sde also call the model at sigmas between two sample_sigmas entries.
     sched = torch.tensor([1.0, 0.8, 0.5, 0.2, 0.0])
@@ -273,7 +296,9 @@ def test_calls_between_schedule_entries_belong_to_their_step():
     assert schedule_step(sched, 0.8 * (1 - 1e-4)) == 1  # a schedule entry in another dtype
     assert schedule_step(sched, 1.5) is None and schedule_step(None, 0.5) is None
 
-    clone = accelerate_model(s.patcher("wan"), "radial+taylorseer", dense_step_fraction=0.2, interval=2, **SPARSE)
+    clone = accelerate_model(
+        s.patcher("wan"), "radial+taylorseer", dense_step_fraction=0.2, interval=2, threshold=None, **SPARSE
+    )
     host = host_of(clone)
     seen = []
     resolve = host.resolver.resolve
@@ -304,7 +329,7 @@ def test_taylorseer_residuals_survive_blocks_that_add_in_place(monkeypatch):
 
     monkeypatch.setattr(TaylorLadder, "update", spy)
     for kind, latent in [("flux", (1, 4, 8, 8)), ("hunyuan", (1, 4, 2, 4, 8))]:
-        clone = accelerate_model(s.patcher(kind), "taylorseer", interval=2, warmup_steps=1, order=1)
+        clone = accelerate_model(s.patcher(kind), "taylorseer", interval=2, warmup_steps=1, order=1, threshold=None)
         s.sample(clone, torch.randn(*latent), SIGMAS, *_ctx())
     # 2 models x 3 full steps x (double img + txt, single img)
     assert len(residuals) == 18 and min(residuals) > 0, residuals

@@ -40,6 +40,11 @@ def test_widgets_apply_only_to_their_preset():
                   "patch": (4, 4), "backend": "reference"}  # fmt: skip
     with pytest.raises(ConfigError):
         nodes.parse_overrides("block_size 16")
+    # threshold: -1 the model's value (nothing set), 0 the fixed schedule, > 0 adaptive
+    assert nodes.node_overrides("taylorseer", threshold=-1.0) == {}
+    assert nodes.node_overrides("taylorseer", threshold=0.0) == {"threshold": None}
+    assert nodes.node_overrides("radial+taylorseer", threshold=0.25) == {"threshold": 0.25}
+    assert nodes.node_overrides("radial", threshold=0.25) == {}
 
 
 def test_accelerate_and_stats_nodes_through_a_run():

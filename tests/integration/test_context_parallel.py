@@ -36,8 +36,18 @@ CASES = {
     "sparse_vdit": ("sparse-vdit", SMALL, "cp_first"),  # plan=... added at run time
     "rettention": ("rettention", SMALL, "cp_first"),
     "draft": ("draft", {**SMALL, "patch": (4, 4), "sparsity": 0.5}, "cp_first"),
-    "radial_taylorseer": ("radial+taylorseer", {**SMALL, "interval": 3}, "accel_first"),
-    "radial_taylorseer_lite": ("radial+taylorseer", {**SMALL, "interval": 3, "lite": True}, "cp_first"),
+    "radial_taylorseer": ("radial+taylorseer", {**SMALL, "interval": 3, "threshold": None}, "accel_first"),
+    "radial_taylorseer_lite": (
+        "radial+taylorseer",
+        {**SMALL, "interval": 3, "lite": True, "threshold": None},
+        "cp_first",
+    ),  # fmt: skip
+    # adaptive: each rank probes its shard, the signal is summed over ranks, so both decide as one process does
+    "radial_taylorseer_adaptive": (
+        "radial+taylorseer",
+        {**SMALL, "threshold": 0.11, "warmup_steps": 1, "interval": 10},
+        "cp_first",
+    ),  # fmt: skip
 }
 
 
@@ -140,8 +150,10 @@ def test_ulysses_equals_single_process(split_runs, name):
         _close(out, ref)  # every rank holds the gathered output
         assert stats.get("fallback", 0) == 0, stats
         assert stats.get("sparse", 0) == ref_stats["sparse"] > 0
-        for key in ("dense", "cache:computed", "cache:predicted", "skipped_heads"):
+        for key in ("dense", "cache:computed", "cache:predicted", "skipped_heads", "cache_steps"):
             assert stats.get(key, 0) == ref_stats.get(key, 0), (key, stats, ref_stats)
+    if name.endswith("adaptive"):  # the decisions went both ways
+        assert ref_stats["cache:full_steps"] > 2 and ref_stats["cache:predicted_steps"] > 0, ref_stats
     assert not torch.allclose(ref, dense, atol=1e-4)  # the sparse steps changed the output
 
 
