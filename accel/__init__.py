@@ -21,9 +21,9 @@ from .ownership import running
 
 
 def calibrate(pipe, prompts, **kwargs):
-    """Sparse-vDiT calibration: see :func:`accel.methods.calibration.calibrate` (imported lazily: it loads the
+    """Sparse-vDiT calibration: see :func:`accel.calibration.calibrate` (imported lazily: it loads the
     kernels)."""
-    from .methods.calibration import calibrate as _calibrate
+    from .calibration import calibrate as _calibrate
 
     return _calibrate(pipe, prompts, **kwargs)
 

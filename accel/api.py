@@ -119,13 +119,36 @@ def accelerate(pipe, preset: str | AccelConfig = "radial", **overrides):
 def supported_presets(spec) -> list[str]:
     """The single presets (no ``+`` combinations) that apply to models of ``spec``."""
     from .config import PRESETS
+
+    return [name for name, p in PRESETS.items() if unsupported(p.config.attention, spec) is None]
+
+
+def unsupported(attention, spec) -> str | None:
+    """Why the attention config ``attention`` cannot serve models of ``spec`` (a ModelSpec), or None (also for no
+    attention config: a cache serves every model)."""
     from .methods import method_class
 
-    return [
-        name
-        for name, p in PRESETS.items()
-        if p.config.attention is None or method_class(p.config.attention).unsupported(spec) is None
-    ]
+    return None if attention is None else method_class(attention).unsupported(spec)
+
+
+def never_sparse(attention, num_steps: int | None, layout, num_layers: int | None) -> bool:
+    """True when a resolved attention config (or None) makes no sparse call in a whole request of ``num_steps``
+    steps over ``layout`` with ``num_layers`` self-attention layers (None: unknown, never decides): every step in
+    the dense warm-up, every layer dense, or a sequence too short. A method may still keep calls dense for its own
+    reasons (a mask too dense to pay)."""
+    if attention is None:
+        return True
+    from .methods.base import never_sparse as rules
+
+    return rules(attention, num_steps, layout, num_layers)
+
+
+def enable_context_parallel(transformer, *, ulysses_degree: int = 1, ring_degree: int = 1) -> None:
+    """diffusers' ``transformer.enable_parallelism(config=ContextParallelConfig(...))``, also on CPU (gloo), before
+    or after ``accelerate``."""
+    from .hosts.diffusers_internals import enable_context_parallel as enable
+
+    enable(transformer, ulysses_degree=ulysses_degree, ring_degree=ring_degree)
 
 
 def _install(pipe, installed: _Installed, transformers, specs, attn_cfg, cache_cfg) -> None:
@@ -139,7 +162,9 @@ def _install(pipe, installed: _Installed, transformers, specs, attn_cfg, cache_c
         method = installed.method = build_method(attn_cfg, models)
     full_step = None if method is None else method.requires_full
     if cache_cfg is not None:
-        from accel.caches import MemoryMeter, cache_hooks, cache_schedule
+        from accel.caches import MemoryMeter, cache_schedule
+
+        from .hosts.diffusers_cache import cache_hooks
 
         installed.meter = MemoryMeter()
         schedule = cache_schedule(cache_cfg, force_full=full_step, record=installed.stats.cache_step)

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_pipeline [--device cuda] [--presets radial draft]
 
-The runs are the command line's harness (``accel.cli.runner.compare``, as ``diffusion-fast bench``): the same
+The runs are the command line's harness (``accel.cli.compare.compare``, as ``diffusion-fast bench``): the same
 prompt and seed dense and with each preset on one loaded pipeline, one warm-up run each (mask build, kernel
 compile), then the median of --repeats timed runs; speed-up, attention-call counts, and quality of the output
 latents against dense (PSNR over the dense latents' span, relative L2). The tiny model has random weights, so
@@ -16,10 +16,12 @@ import argparse
 import dataclasses
 import sys
 
+from accel.cli.compare import compare, finite
 from accel.cli.models import EMBEDDED, RANDOM_MODEL
 from accel.cli.parser import positive_int
-from accel.cli.request import build_request, token_grid
-from accel.cli.runner import compare, finite, load
+from accel.cli.request import build_request
+from accel.cli.runner import load
+from accel.cli.sizes import token_grid
 from benchmarks.common import environment, write_results
 
 PROMPT = "a red fox running through snow"

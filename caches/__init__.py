@@ -1,19 +1,7 @@
-"""Feature caching (TaylorSeer-style) on diffusers' hooks; imports torch and diffusers hooks (through
-``accel.hosts.diffusers_internals``) only, and wires its own hooks for a ModelSpec and config."""
+"""Feature caching (TaylorSeer-style), host-neutral: ladders, memory meter, fixed and adaptive schedules. Imports
+torch and ``accel``'s core only; the hosts (``accel.hosts.diffusers_cache``, ``accel.hosts.comfy``) drive it."""
 
-from .adaptive import AdaptiveSchedule
-from .install import cache_hooks, cache_schedule
-from .taylorseer import CacheSchedule, LiteBlockHook, MemoryMeter, ProbeHook, TaylorLadder, TaylorSeerHook, TaylorState
+from .adaptive import AdaptiveSchedule, cache_schedule
+from .taylorseer import CacheSchedule, MemoryMeter, TaylorLadder
 
-__all__ = [
-    "AdaptiveSchedule",
-    "CacheSchedule",
-    "LiteBlockHook",
-    "MemoryMeter",
-    "ProbeHook",
-    "TaylorLadder",
-    "TaylorSeerHook",
-    "TaylorState",
-    "cache_hooks",
-    "cache_schedule",
-]
+__all__ = ["AdaptiveSchedule", "CacheSchedule", "MemoryMeter", "TaylorLadder", "cache_schedule"]

@@ -6,17 +6,18 @@ probe's own Taylor ladder is kept over the full steps, exactly as the cached mod
 fixed part of the schedule leaves open (not a warm-up or final step, nor one the attention method requires), the
 signal is compared with ``threshold``:
 
-- ``"forecast"`` (default): ``|probe - forecast|_1 / |probe|_1``, the relative error of the ladder's prediction of
-  the probe at this step (forecast, then verify). It measures directly how well the expansion from the last full
-  step still holds, so a trajectory that moves fast but smoothly keeps being predicted.
-- ``"change"``: ``|probe - probe at the last full step|_1 / |probe at the last full step|_1`` (the first-block
-  residual test of FirstBlockCache / DBCache).
+- ``"change"`` (default): ``|probe - probe at the last full step|_1 / |probe at the last full step|_1`` (the
+  first-block residual test of FirstBlockCache / DBCache).
+- ``"forecast"``: ``|probe - forecast|_1 / |probe|_1``, the relative error of the ladder's prediction of the probe at
+  this step (forecast, then verify): how well the expansion from the last full step still holds.
 
 Above the threshold the rest of the step runs in full and every ladder refreshes; at or below it the remaining cached
 modules are predicted. At most ``interval - 1`` steps in a row are predicted.
 
-Host-neutral: a host hands in the probe tensor and, under context parallelism, ``reduce`` (a sum over the ranks of a
-small float64 tensor), so that every rank takes the same decision from the whole sequence.
+Host-neutral (the diffusers hook on the probe blocks: :class:`accel.hosts.diffusers_cache.ProbeHook`; ComfyUI's:
+``BlockCache._probe`` in :mod:`accel.hosts.comfy`): a host hands in the probe tensor and, under context
+parallelism, ``reduce`` (a sum over the ranks of a small float64 tensor), so that every rank takes the same decision
+from the whole sequence.
 """
 
 from __future__ import annotations
@@ -123,9 +124,10 @@ class AdaptiveSchedule(CacheSchedule):
         return num / den if den > 0 else float("inf")
 
 
-def make_schedule(cfg, force_full=None, record=None) -> CacheSchedule:
+def cache_schedule(cfg, force_full=None, record=None) -> CacheSchedule:
     """The full-step schedule of ``cfg`` (a resolved TaylorSeerConfig): fixed, or adaptive when ``cfg.threshold``
-    is set; ``force_full(i, n)`` names steps another component requires in full."""
+    is set; ``force_full(i, n)`` names steps another component requires in full, ``record(branch, step, full)`` is
+    told each adaptive decision."""
     if getattr(cfg, "threshold", None) is None:
         return CacheSchedule(cfg.interval, cfg.warmup_steps, cfg.final_full_steps, force_full=force_full)
     return AdaptiveSchedule(cfg, force_full=force_full, record=record)

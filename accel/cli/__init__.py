@@ -44,7 +44,7 @@ def _presets(args) -> int:
 
 
 def _models(args) -> int:
-    from .models import models_lines
+    from .lists import models_lines
 
     for line in models_lines():
         print(line)

@@ -1,6 +1,6 @@
 """``diffusion-fast bench``: the same prompt and seed, dense and with each preset, on one loaded pipeline.
 
-The runs are :func:`accel.cli.runner.compare` (``--warmup`` untimed runs, then ``--repeats`` timed runs, median);
+The runs are :func:`accel.cli.compare.compare` (``--warmup`` untimed runs, then ``--repeats`` timed runs, median);
 this module prints the table and writes the JSON (``--json``) and the figure (``--plot``).
 """
 
@@ -11,15 +11,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .compare import PeakMemory, compare, finite
 from .errors import PROG, CLIError
 from .output import OutputError, OutputTarget, check_writable, write_atomic
 from .request import resolve_request, with_default_preset
 from .runner import (
-    PeakMemory,
     attention_text,
-    compare,
     environment,
-    finite,
     load,
     note,
     parallelize,

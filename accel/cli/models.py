@@ -6,7 +6,7 @@ weights, so the request can be checked first (preset support, size rules, output
 to do instead.
 
 The Hub is asked only when it answers quickly: before the first request a short TCP connection to the Hub (or to
-the HTTPS proxy) decides whether it is reachable (:data:`HUB_PROBE_TIMEOUT_S`). When it is not, or when
+the HTTPS proxy) decides whether it is reachable (:data:`accel.cli.hub.HUB_PROBE_TIMEOUT_S`). When it is not, or when
 ``HF_HUB_OFFLINE`` is set, only the local Hugging Face cache is used, so a machine without network gets the message
 that says how to proceed offline at once instead of after huggingface_hub's retries (about a minute).
 
@@ -16,15 +16,11 @@ Model families' facts (sizes, example repos, the tiny test configuration) live i
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import inspect
 import json
 import os
 import re
-import socket
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +29,7 @@ from typing import Any
 from accel.errors import AccelError
 
 from .errors import PROG
-
-HUB_PROBE_TIMEOUT_S = 3.0
+from .hub import _hub_file, _hub_offline_mode, _hub_offline_set, _offline_reason
 
 
 class ModelError(AccelError):
@@ -361,75 +356,6 @@ def _offline_message(repo: str, reason: str) -> str:
     )
 
 
-def _hub_offline_set() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, in the environment or in huggingface_hub's constants."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:
-        return False
-
-
-def _hub_address() -> tuple[str, int]:
-    """(host, port) a connection to the Hub goes to first: the HTTPS proxy when one is set, else the endpoint."""
-    from huggingface_hub import constants
-
-    proxy = urllib.request.getproxies().get("https") or urllib.request.getproxies().get("all")
-    url = urllib.parse.urlsplit(proxy if proxy else constants.ENDPOINT)
-    default_port = 443 if url.scheme == "https" else 80
-    return url.hostname or "huggingface.co", url.port or default_port
-
-
-def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """None when a TCP connection to the Hub (or the HTTPS proxy) opens within ``timeout`` seconds, else why not
-    (name resolution failed, refused, timed out). Cheap: one connection, no request, no retries."""
-    host, port = _hub_address()
-    try:
-        conn = socket.create_connection((host, port), timeout=timeout)
-    except TimeoutError:
-        return f"the Hugging Face Hub cannot be reached (no answer from {host}:{port} within {timeout:g} s)"
-    except OSError as e:
-        return f"the Hugging Face Hub cannot be reached ({host}:{port}: {e.strerror or e})"
-    conn.close()
-    return None
-
-
-def _offline_reason() -> str | None:
-    """Why only the local cache can be used (HF_HUB_OFFLINE, or the Hub does not answer), or None when online."""
-    return "HF_HUB_OFFLINE is set" if _hub_offline_set() else hub_unreachable()
-
-
-@contextlib.contextmanager
-def _hub_offline_mode(offline: bool):
-    """huggingface_hub in offline mode while the block runs, when ``offline``. Passing ``local_files_only`` is not
-    enough: huggingface_hub still fetches a user-agent registry from the Hub (a few seconds' timeout) unless its
-    offline flag is set, and it reads that flag from the environment only when imported."""
-    if not offline:
-        yield
-        return
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-
-
-def _hub_file(repo: str, filename: str, offline: bool) -> str:
-    from huggingface_hub import hf_hub_download
-
-    if offline:
-        with _hub_offline_mode(True):
-            return hf_hub_download(repo, filename, local_files_only=True)
-    return hf_hub_download(repo, filename, etag_timeout=HUB_PROBE_TIMEOUT_S * 2)
-
-
 def resolve_model(name: str) -> ModelSource:
     """Find what ``name`` is and read its ``model_index.json`` (from the Hub cache, or the Hub when reachable)."""
     if name in EMBEDDED:
@@ -532,80 +458,3 @@ def load_pipeline(source: ModelSource, dtype):
         if source.kind == "local":
             raise ModelError(f"cannot load the pipeline folder {source.location!r}: {e}") from e
         raise ModelError(_offline_message(source.location, f"loading failed ({type(e).__name__}: {e})")) from e
-
-
-def models_lines() -> list[str]:
-    """One line per model for ``diffusion-fast models``: embedded models, then supported families."""
-    from accel.pipelines import supported_specs
-
-    from accel import supported_presets
-
-    lines = []
-    for m in EMBEDDED.values():
-        lines.append(
-            f"{m.name}: {m.description}; defaults {m.height}x{m.width}, {m.frames} frames, {m.steps} steps, "
-            f"{m.fps} fps; {m.describe_more}"
-        )
-    for spec in supported_specs():
-        rules = []
-        if spec.spatial_multiple > 1:
-            rules.append(f"height/width multiples of {spec.spatial_multiple}")
-        if spec.frame_multiple > 1:
-            rules.append(f"frames {spec.frame_multiple}k+1")
-        if spec.default_fps:
-            rules.append(f"{spec.default_fps} fps")
-        rules.append("image" if not spec.is_video else "video")
-        presets = [p for p in supported_presets(spec) if p != "dense"]
-        rules.append(f"presets {', '.join(presets)} (attention presets also +taylorseer)")
-        lines.append(
-            f"{spec.name}: {', '.join(spec.pipeline_classes)} (transformer {', '.join(spec.transformer_classes)})"
-            + (f"; {', '.join(rules)}" if rules else "")
-            + (f"; e.g. --model {', '.join(spec.example_repos)}" if spec.example_repos else "")
-        )
-    return lines
-
-
-_SHORT = {
-    "dense_step_fraction": lambda v: f"{v:.0%} of steps dense",
-    "dense_layers": lambda v: f"{v} dense layer{'s' if v != 1 else ''}",
-    "sink": lambda v: "sink" if v else "no sink",
-    "window_frames": lambda v: "every frame" if v == -1 else f"+-{v} frames",
-    "window_tokens": lambda v: f"+-{v} tokens",
-    "block_size": lambda v: f"{v}-token blocks",
-    "recalibrate_every": lambda v: f"recalibrate every {v}",
-    "warmup_steps": lambda v: f"warm-up {v}",
-}
-
-
-def presets_table() -> str:
-    """The models x presets table of the README (markdown), from the live registries: which presets each family
-    takes and the per-model defaults it fills in (a cell without any says so: the preset's generic ones apply)."""
-    import types
-
-    from accel.pipelines import supported_specs
-
-    from accel import supported_presets
-
-    methods = ("radial", "draft", "sparse-vdit", "rettention", "taylorseer")
-    lines = [
-        "| model | pipelines | tokens | " + " | ".join(f"`{m}`" for m in methods) + " |",
-        "|---|---|---|" + "---|" * len(methods),
-    ]
-    for spec in supported_specs():
-        holder = types.SimpleNamespace(**dict.fromkeys(spec.transformer_attrs))
-        defaults = spec.defaults(holder)
-        supported = supported_presets(spec)
-        text = {"none": "", "first": ", text first", "last": ", text last"}[spec.text_pos]
-        kind = ("video" if spec.is_video else "image") + text
-        cells = []
-        for m in methods:
-            if m not in supported:
-                cells.append("refused (image)")
-            elif m == "sparse-vdit":
-                cells.append("calibrated plan")
-            elif m in defaults:
-                cells.append(", ".join(_SHORT.get(k, lambda v, k=k: f"{k} {v:g}")(v) for k, v in defaults[m].items()))
-            else:
-                cells.append("generic")
-        lines.append(f"| {spec.name} | {', '.join(spec.pipeline_classes)} | {kind} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -52,7 +52,7 @@ def _nice_max(x: float) -> float:
 
 
 def bench_plot(rows: list[dict[str, Any]], outputs: dict[str, np.ndarray], title: str, n_frames: int = 4) -> bytes:
-    """PNG bytes of the bench figure for ``rows`` (``accel.cli.runner.compare`` rows) and their decoded frames."""
+    """PNG bytes of the bench figure for ``rows`` (``accel.cli.compare.compare`` rows) and their decoded frames."""
     from PIL import Image, ImageDraw
 
     font, small, big = _font(14), _font(12), _font(16)

@@ -8,19 +8,18 @@ loaded or downloaded. The result is a :class:`Request` that the runner (``accel.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import difflib
 import inspect
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_FAILURE, PROG, CLIError
-from .models import ModelSource, default_model, resolve_model
+from .errors import PROG, CLIError
+from .models import ModelSource, resolve_model
 from .parser import DTYPES
+from .plan_check import check_plan
+from .presets import check_preset, is_dense, preset_overrides
+from .sizes import _check_multiple
 
 FALLBACK_FPS = 16
 
@@ -93,175 +92,6 @@ def dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-# ------------------------------------------------------------------------------------------- presets and --set
-
-
-def check_preset_name(preset: str) -> None:
-    """Raise CLIError unless every '+' part of ``preset`` is a preset; the message lists them."""
-    import accel
-
-    names = list(accel.list_presets())
-    for part in (p.strip() for p in preset.split("+")):
-        if part in names:
-            continue
-        close = difflib.get_close_matches(part, names, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise CLIError(
-            f"unknown preset {part!r}{hint}; available presets: {', '.join(names)} (combine an attention method and "
-            f"a cache with '+', e.g. radial+taylorseer; `{PROG} presets` describes them)"
-        )
-
-
-def _resolve(preset: str, overrides: dict[str, Any]):
-    from accel.config import resolve_config
-
-    return resolve_config(preset, dict(overrides))
-
-
-def _parts(config) -> list[Any]:
-    return [p for p in (config.attention, config.cache) if p is not None]
-
-
-def field_types(config) -> dict[str, Any]:
-    """Parameter name -> type annotation over the config's parts (attention method and cache)."""
-    out: dict[str, Any] = {}
-    for part in _parts(config):
-        hints = typing.get_type_hints(type(part))
-        for f in dataclasses.fields(part):
-            out.setdefault(f.name, hints.get(f.name, Any))
-    return out
-
-
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
-
-def _unquote(text: str) -> str:
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text
-
-
-def _convert(text: str, hint) -> Any:
-    """``text`` as a value of type ``hint``; ValueError(what was expected) otherwise."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        nullable = len(options) < len(args)
-        if nullable and text.lower() in ("none", "null"):
-            return None
-        wanted = []
-        for option in options:
-            try:
-                return _convert(text, option)
-            except ValueError as e:
-                wanted.append(str(e))
-        what = " or ".join(wanted)
-        raise ValueError(f"{what} (or none: the model's default)" if nullable else what)
-    text = _unquote(text.strip())
-    if hint is bool:
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise ValueError("true or false")
-    if hint is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError("a whole number") from None
-    if hint is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError("a number") from None
-    if hint is str:
-        return text
-    if origin is tuple:
-        items = [t for t in text.strip("()[] ").replace("x", ",").split(",") if t.strip()]
-        variadic = len(args) == 2 and args[1] is Ellipsis
-        kinds = [args[0]] * len(items) if variadic else list(args)
-        count = "" if variadic else {2: "two ", 3: "three "}.get(len(args), f"{len(args)} ")
-        what = f"{count}whole numbers separated by commas, e.g. {'0,1' if variadic else '8,16'}"
-        if not items or len(items) != len(kinds) or not all(k is int for k in kinds):
-            raise ValueError(what)
-        try:
-            return tuple(int(t) for t in items)
-        except ValueError:
-            raise ValueError(what) from None
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def convert_overrides(preset: str, config, overrides: dict[str, Any]) -> dict[str, Any]:
-    """``--set`` values (text) converted to the types of ``config``'s fields; values that are not text pass as
-    they are. Unknown names and unconvertible values are a CLIError naming the flag."""
-    types_ = field_types(config)
-    out = {}
-    for key, value in overrides.items():
-        if key not in types_:
-            valid = sorted(types_)
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise CLIError(
-                f"--set {key}={value}: unknown parameter {key!r} for preset {preset!r}{hint}; valid parameters: "
-                f"{', '.join(valid) if valid else 'none (the preset has no parameters)'}"
-            )
-        if not isinstance(value, str):
-            out[key] = value
-            continue
-        try:
-            out[key] = _convert(value, types_[key])
-        except ValueError as e:
-            raise CLIError(f"--set {key}={value}: {key} must be {e}") from None
-    return out
-
-
-def check_preset(preset: str, overrides: dict[str, Any]):
-    """Resolve a preset name (with '+' compositions) and its ``--set`` values; returns ``(config, values)`` with
-    the values converted to their fields' types, or raises CLIError."""
-    check_preset_name(preset)
-    try:
-        base = _resolve(preset, {})
-    except (ValueError, TypeError) as e:  # e.g. two attention methods composed
-        raise CLIError(str(e)) from None
-    values = convert_overrides(preset, base, overrides)
-    try:
-        return _resolve(preset, values), values
-    except (ValueError, TypeError) as e:
-        culprits = []
-        for key in values:
-            try:
-                _resolve(preset, {key: values[key]})
-            except (ValueError, TypeError):
-                culprits.append(key)
-        shown = " ".join(f"{k}={overrides[k]}" for k in (culprits or values))
-        raise CLIError(f"--set {shown}: {e}") from None
-
-
-def preset_overrides(presets: list[str], overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The --set values for each preset. One preset takes them all (unknown keys are an error); with several
-    (bench), each preset takes the keys its configs have, and a key no preset has is an error."""
-    if len(presets) == 1 or not overrides:
-        return {p: dict(overrides) for p in presets}
-    for p in presets:
-        check_preset_name(p)
-    fields = {p: set(field_types(_resolve(p, {}))) for p in presets}
-    unused = [k for k in overrides if not any(k in f for f in fields.values())]
-    if unused:
-        valid = sorted(set().union(*fields.values()))
-        raise CLIError(f"--set {', '.join(unused)}: no preset in {presets} has such a parameter; valid: {valid}")
-    return {p: {k: v for k, v in overrides.items() if k in fields[p]} for p in presets}
-
-
-def is_dense(config) -> bool:
-    return config.attention is None and config.cache is None
-
-
 # ---------------------------------------------------------------------------------------------- device, dtype
 
 
@@ -299,150 +129,6 @@ def resolve_dtype(text: str, device: str):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     return getattr(torch, name)
-
-
-# -------------------------------------------------------------------------------------------------- sizes
-
-
-def _check_multiple(flag: str, value: int | None, multiple: int, family: str) -> None:
-    if value is None or multiple <= 1 or value % multiple == 0:
-        return
-    lo = value // multiple * multiple
-    options = f"{lo} or {lo + multiple}" if lo > 0 else f"{multiple}"
-    raise CLIError(f"{flag} {value} is not a multiple of {multiple}, which {family} models need: use {options}")
-
-
-def token_grid(spec, is_video: bool, frames: int | None, height: int | None, width: int | None):
-    """The self-attention ``TokenLayout`` of a request in pixels and frames (from the size rules: a ModelSpec or
-    an embedded model's ``SizeRules``, i.e. ``ModelSource.size_rules``), or None when it cannot be known before
-    the model runs (sizes left to the pipeline, text tokens in self-attention)."""
-    if spec is None or height is None or width is None or spec.text_pos != "none":
-        return None
-    if is_video and frames is None:
-        return None
-    return spec.token_grid(frames if is_video else 1, height, width)
-
-
-def grid_text(layout, steps: int | None) -> str:
-    return f"{layout.frames}x{layout.height}x{layout.width} latent tokens, {steps} steps"
-
-
-def runs_all_dense(attention, steps: int | None, layout, num_layers: int | None) -> bool:
-    """True when a resolved attention config (or None) makes no sparse call at all for this request: the methods'
-    own rules (:func:`accel.methods.base.never_sparse`)."""
-    if attention is None:
-        return True
-    from accel.methods.base import never_sparse
-
-    return never_sparse(attention, steps, layout, num_layers)
-
-
-# ------------------------------------------------------------------------------------------- calibration plans
-
-
-def _calibrate_command(source: ModelSource, request_flags: list[str], overrides: dict[str, Any]) -> str:
-    words = [PROG, "calibrate"]
-    if source.name != default_model():
-        words += ["--model", source.location]
-    words += request_flags
-    for key, value in overrides.items():
-        if key != "plan":
-            words += ["--set", f"{key}={value}"]
-    return " ".join(words)
-
-
-def check_plan(
-    source: ModelSource,
-    config,
-    overrides: dict[str, Any],
-    *,
-    is_video: bool,
-    height: int | None,
-    width: int | None,
-    frames: int | None,
-    steps: int | None,
-) -> None:
-    """For a sparse-vdit config: raise CLIError (exit status 1) unless a calibration plan for this model, token
-    grid and step count exists (``--set plan=PATH`` or the plan directory), before any weights load.
-
-    The plan key needs the transformers' architecture keys (spec, class, config hash): they come from the
-    transformers built on the meta device from their configs (no weights). Where the configs cannot be read, at
-    least some plan for this token grid and step count must exist. Nothing is checked when no sparse call will
-    happen (every step or layer dense, a short sequence) or when the sizes are left to the pipeline."""
-    from accel.errors import PlanError
-    from accel.methods import sparse_vdit as sv
-
-    spec = source.spec
-    if spec is None or steps is None:
-        return
-    layout = token_grid(source.size_rules, is_video, frames, height, width)
-    skeletons = source.transformer_skeletons()
-    models = {name: spec.architecture_key(m) for name, m in skeletons.items()} if skeletons else None
-    attention = config.attention
-    defaults, layers = {}, None
-    if skeletons:
-        holder = types.SimpleNamespace(**{a: skeletons.get(a) for a in spec.transformer_attrs})
-        try:
-            defaults = spec.defaults(holder).get(attention.method, {})
-        except Exception:  # defaults that need more of the pipeline than its transformers: the generic ones
-            defaults = {}
-        layers = min(len(spec.self_attention_layers(m)) for m in skeletons.values())
-    attention = attention.with_defaults(defaults)
-    if runs_all_dense(attention, steps, layout, layers):
-        return
-    flags = []
-    for flag, value in (("--height", height), ("--width", width), ("--frames", frames), ("--steps", steps)):
-        if value is not None:
-            flags += [flag, str(value)]
-    how = (
-        f"calibrate one first: `{_calibrate_command(source, flags, overrides)}` (the same model, sizes, steps and "
-        "--set values as this render), or pass a plan file with --set plan=PATH"
-    )
-    what = grid_text(layout, steps) if layout is not None else f"{steps} steps"
-
-    if attention.plan is not None:
-        path = Path(attention.plan).expanduser()
-        if not path.is_file():
-            raise CLIError(
-                f"--set plan={attention.plan}: no such plan file; create it with "
-                f"`{_calibrate_command(source, flags, overrides)} -o {attention.plan}`",
-                code=EXIT_FAILURE,
-            )
-        try:
-            plan = sv.Plan.load(path)
-            if models is not None:
-                plan.check_models(models, repr(str(path)))
-                if layout is not None:
-                    plan.check(models, layout, steps, repr(str(path)))
-        except PlanError as e:
-            raise CLIError(f"--set plan={attention.plan}: {_cli_spelling(str(e))}", code=EXIT_FAILURE) from None
-        return
-
-    folder = sv.plan_dir()
-    if models is not None and layout is not None:
-        path = folder / sv.plan_filename(models, layout, steps)
-        if path.is_file():
-            try:
-                sv.Plan.load(path).check(models, layout, steps, repr(str(path)))
-            except PlanError as e:
-                raise CLIError(_cli_spelling(str(e)), code=EXIT_FAILURE) from None
-            return
-        first = models[sorted(models)[0]]
-        others = sorted(p.name for p in folder.glob(f"{first['spec']}-{first['config_sha1']}-*.json"))
-        known = f"; this model's plans there: {', '.join(others)}" if others else ""
-        raise CLIError(
-            f"no Sparse-vDiT plan for this model at {what} (looked for {str(path)!r}{known}); {how}",
-            code=EXIT_FAILURE,
-        )
-    # The exact key is unknown here: at least one plan for this grid and step count must exist.
-    grid = f"{layout.frames}x{layout.height}x{layout.width}" if layout is not None else "*"
-    if not any(folder.glob(f"*-{grid}-{steps}steps.json")) and not any(folder.glob(f"*-{grid}-*-{steps}steps.json")):
-        raise CLIError(f"no Sparse-vDiT plan at {what} in {str(folder)!r}; {how}", code=EXIT_FAILURE)
-
-
-def _cli_spelling(message: str) -> str:
-    """A core message in the command line's words: ``plan=PATH`` is ``--set plan=PATH`` here."""
-    return message.replace("pass plan=PATH", "pass --set plan=PATH")
 
 
 # ----------------------------------------------------------------------------------------------- the request
@@ -529,10 +215,10 @@ def build_request(
             )
 
     if spec is not None:
-        from accel.methods import method_class
+        from accel.api import unsupported
 
         for preset, config in configs.items():
-            reason = None if config.attention is None else method_class(config.attention).unsupported(spec)
+            reason = unsupported(config.attention, spec)
             if reason is not None:
                 raise CLIError(f"preset {preset!r} cannot apply to {spec.name} models: {reason}")
 

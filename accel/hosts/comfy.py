@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -49,136 +47,17 @@ from typing import Any
 import torch
 from accel.attention_kernels import TokenLayout
 
-from ..config import AccelConfig, resolve_config, torch_dtype
+from ..config import AccelConfig, resolve_config
 from ..core import attend, call_layout, key_mask
 from ..errors import ConfigError, StateError, UnsupportedModelError
 from ..state import LayerKey, LayerPlan, Stats, StepInfo
 from ..steps import RELATIVE_TOLERANCE, StepResolver
+from .comfy_cache import BlockCache
+from .comfy_families import FAMILIES, ComfyFamily, family_for, text_position, token_grid
 
 log = logging.getLogger("accel.comfy")
 
 KEY = "diffusion_fast"  # wrapper key on the clone, and the transformer_options entry holding its ComfyHost
-
-# ----------------------------------------------------------------------------------------------------------------
-# ComfyUI facts per model family: ComfyUI's own classes (not diffusers'), the family's name in accel.pipelines (for
-# the published defaults), and how a forward's inputs give the token grid and the text length.
-
-
-@dataclass(frozen=True)
-class ComfyFamily:
-    """One model family as ComfyUI builds it.
-
-    - ``spec``: the family's :class:`~accel.pipelines.ModelSpec` name (published defaults, method support).
-    - ``model_types``: ComfyUI ``model_base`` classes (``MODEL.model``), matched over the class's MRO names.
-    - ``diffusion_classes``: classes of ``MODEL.model.diffusion_model``, matched the same way.
-    - ``text_pos``: where text sits in self-attention (``"none"``: Wan, text is cross-attention).
-    - ``block_lists``: ``(patches_replace kind, diffusion-model attribute)`` in call order; layer indices run over
-      them (double blocks first).
-    - ``text_len(args, kwargs)``: text tokens in joint attention, from the diffusion model's forward arguments.
-    - ``context_lens(args, kwargs)``: lengths a cross-attention key may have (Wan: text, CLIP image tokens), to tell
-      a self-attention call from a cross-attention call of the same length.
-    - ``extra_frames(args, kwargs)``: latent frames the model concatenates to ``x`` (Wan's ``time_dim_concat``).
-    """
-
-    name: str
-    spec: str
-    model_types: tuple[str, ...]
-    diffusion_classes: tuple[str, ...]
-    text_pos: str
-    block_lists: tuple[tuple[str, str], ...]
-    text_len: Callable[[tuple, dict], int] = lambda args, kwargs: 0
-    context_lens: Callable[[tuple, dict], tuple[int, ...]] = lambda args, kwargs: ()
-    extra_frames: Callable[[tuple, dict], int] = lambda args, kwargs: 0
-
-
-def _arg(args: tuple, kwargs: dict, index: int, name: str):
-    """A forward argument by position (how the DIFFUSION_MODEL executor passes them) or keyword."""
-    return args[index] if len(args) > index else kwargs.get(name)
-
-
-def _tokens(t) -> int:
-    return int(t.shape[-2]) if isinstance(t, torch.Tensor) and t.dim() >= 2 else 0
-
-
-# Argument positions of the diffusion models' forward(x, timestep, context, ...) in ComfyUI 0.3.60+:
-# Wan (x, timestep, context, clip_fea, time_dim_concat, ...), Flux (x, timestep, context, y, guidance, ref_latents,
-# ...), HunyuanVideo (x, timestep, context, y, txt_byt5, ...).
-FAMILIES: tuple[ComfyFamily, ...] = (
-    ComfyFamily(
-        name="wan",
-        spec="wan",
-        model_types=("WAN21", "WAN22"),
-        diffusion_classes=("WanModel",),
-        text_pos="none",
-        block_lists=(("double_block", "blocks"),),
-        context_lens=lambda a, k: (_tokens(_arg(a, k, 2, "context")), _tokens(_arg(a, k, 3, "clip_fea"))),
-        extra_frames=lambda a, k: (
-            int(t.shape[2]) if isinstance(t := _arg(a, k, 4, "time_dim_concat"), torch.Tensor) else 0
-        ),
-    ),
-    ComfyFamily(
-        name="flux",
-        spec="flux",
-        model_types=("Flux",),
-        diffusion_classes=("Flux",),
-        text_pos="first",
-        block_lists=(("double_block", "double_blocks"), ("single_block", "single_blocks")),
-        text_len=lambda a, k: _tokens(_arg(a, k, 2, "context")),
-    ),
-    ComfyFamily(
-        name="hunyuan_video",
-        spec="hunyuan_video",
-        model_types=("HunyuanVideo",),
-        diffusion_classes=("HunyuanVideo",),
-        text_pos="last",
-        block_lists=(("double_block", "double_blocks"), ("single_block", "single_blocks")),
-        text_len=lambda a, k: _tokens(_arg(a, k, 2, "context")) + _tokens(_arg(a, k, 4, "txt_byt5")),
-    ),
-)
-
-
-def _mro_names(obj) -> set[str]:
-    return {c.__name__ for c in type(obj).__mro__}
-
-
-def family_for(base_model, diffusion_model) -> ComfyFamily:
-    """The family of a ComfyUI model (``MODEL.model`` and its ``diffusion_model``); raises with the supported list."""
-    names = _mro_names(base_model) | _mro_names(diffusion_model)
-    for fam in FAMILIES:
-        if names & set(fam.model_types + fam.diffusion_classes):
-            return fam
-    supported = ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES)
-    raise UnsupportedModelError(
-        f"diffusion-fast does not support ComfyUI model {type(base_model).__name__} "
-        f"({type(diffusion_model).__name__}) yet; supported: {supported}"
-    )
-
-
-def text_position(family: ComfyFamily, diffusion_model) -> str:
-    """Where joint attention puts the text: HunyuanVideo's double blocks say it (``flipped_img_txt``: image first)."""
-    if family.text_pos == "none":
-        return "none"
-    for kind, attr in family.block_lists:
-        blocks = getattr(diffusion_model, attr, None)
-        if kind == "double_block" and blocks is not None and len(blocks):
-            flipped = getattr(blocks[0], "flipped_img_txt", None)
-            if flipped is not None:
-                return "last" if flipped else "first"
-    return family.text_pos
-
-
-def token_grid(x: torch.Tensor, patch_size, extra_frames: int = 0) -> tuple[int, int, int]:
-    """``(frames, height, width)`` in tokens of a latent ``x [B, C, T, H, W]`` or ``[B, C, H, W]``.
-
-    ComfyUI pads the latent to the patch size before embedding it, hence the ceilings; an image is one frame.
-    """
-    ps = (int(patch_size),) * 2 if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)
-    dims = list(x.shape[-len(ps) :])
-    if len(ps) == 3:
-        dims[0] += extra_frames
-    grid = [math.ceil(d / p) for d, p in zip(dims, ps, strict=True)]
-    return (1, *grid) if len(grid) == 2 else tuple(grid)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Per forward state
@@ -265,7 +144,7 @@ class ComfyHost:
         self.cache = None
         full_step = None if method is None else method.requires_full
         if config.cache is not None:
-            self.cache = BlockCache(self, config.cache, full_step)
+            self.cache = BlockCache(self, config.cache, full_step, _FORWARD.get)
             full_step = self.cache.schedule.is_full
         self.resolver = StepResolver(transformer, full_step)
         self._plans: dict[int, LayerPlan] = {}
@@ -448,113 +327,6 @@ def _to_bshd(call: dict):
     if any(t.dim() != 3 or t.shape[-1] % heads for t in tensors):
         return None, None, None
     return tuple(t.unflatten(-1, (heads, t.shape[-1] // heads)) for t in tensors)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# TaylorSeer through block replace patches
-
-
-class BlockCache:
-    """TaylorSeer on ComfyUI's DiT blocks, through ``patches_replace["dit"]``.
-
-    ComfyUI's patch points are whole blocks (``("double_block", i)``, ``("single_block", i)``), so each block's
-    residual, ``output - input`` for every stream it returns (Wan ``img``; Flux / HunyuanVideo double blocks ``img``
-    and ``txt``; single blocks the joint ``img``), is the feature whose Taylor ladder is kept
-    (:class:`accel.caches.taylorseer.TaylorLadder`, the schedule :class:`~accel.caches.taylorseer.CacheSchedule`).
-    On full steps the block runs and refreshes its ladders; on the other steps it does not run and returns its input
-    plus the predicted residual. State is per (branch, block) and per sampling run.
-    """
-
-    def __init__(self, host: ComfyHost, cfg, force_full):
-        from accel.caches.adaptive import make_schedule
-
-        if cfg.lite:
-            raise ConfigError("TaylorSeer lite mode is not available in ComfyUI yet; use lite=False")
-        self.host = host
-        self.cfg = cfg
-        self.schedule = make_schedule(cfg, force_full=force_full, record=host.stats.cache_step)
-        self.factor_dtype = torch_dtype(cfg.factor_dtype)
-        self.states: dict[tuple, dict] = {}
-        self.probe_input: torch.Tensor | None = None  # adaptive schedule: the first block's img input
-
-    def reset(self) -> None:
-        self.states.clear()
-        self.schedule.reset()
-        self.probe_input = None
-
-    def memory(self) -> int:
-        return sum(lad.nbytes() for st in self.states.values() for lad in st["ladders"].values())
-
-    def patch(self, kind: str, index: int, layer: int, previous=None):
-        """The replace patch of block ``(kind, index)`` (global layer ``layer``), chained to ``previous``."""
-
-        def replace(args: dict, extra: dict) -> dict:
-            def run():
-                return previous(args, extra) if previous is not None else extra["original_block"](args)
-
-            fwd = _FORWARD.get()
-            if fwd is None or fwd.host is not self.host:
-                return run()
-            fwd.block = layer
-            try:
-                if self.schedule.adaptive and layer < self.schedule.probe_blocks:
-                    return self._probe(fwd.step, layer, args, run)
-                return self._block(fwd.step, (kind, index), args, run)
-            finally:
-                fwd.block = None
-
-        return replace
-
-    def _probe(self, step: StepInfo, layer: int, args: dict, run) -> dict:
-        """Adaptive schedule: a probe block always runs; the last one hands the residual of the ``img`` stream over
-        the probe blocks to the schedule, which decides the rest of this step."""
-        if layer == 0:
-            img = args.get("img")
-            self.probe_input = img.clone() if isinstance(img, torch.Tensor) else None  # blocks add in place
-        out = run()
-        if layer == self.schedule.probe_blocks - 1 and self.probe_input is not None:
-            x, self.probe_input = self.probe_input, None
-            img = out.get("img")
-            if isinstance(img, torch.Tensor) and img.shape == x.shape:
-                self.schedule.decide(step, img - x)
-        return out
-
-    def _block(self, step: StepInfo, block, args: dict, run) -> dict:
-        from accel.caches.taylorseer import TaylorLadder
-
-        key = (step.branch, block)
-        st = self.states.get(key)
-        if st is not None and st["step"] is not None and step.step_index < st["step"]:
-            st = None  # a new run in the same state (sampling driven without OUTER_SAMPLE)
-        shapes = {n: tuple(t.shape) for n, t in args.items() if isinstance(t, torch.Tensor) and n in ("img", "txt")}
-        if self.schedule.step_full(step) or st is None or st["shapes"] != shapes:
-            # ComfyUI's Flux / HunyuanVideo blocks add to their txt (double) and img (single) inputs in place: keep
-            # the inputs, or the residual would read zero.
-            inputs = {n: args[n].clone() for n in shapes}
-            out = run()
-            self.host.stats.add("cache:computed")
-            if st is not None and st["shapes"] == shapes and st["step"] == step.step_index:
-                # A second call in the same step (Heun's correction, dpmpp_2s / dpmpp_sde stages): the step's
-                # first value stays on the ladder (a zero gap would drop its differences).
-                return out
-            if st is None or st["shapes"] != shapes:
-                st = self.states[key] = {"ladders": {}, "shapes": shapes, "step": None}
-            pos = step.position(self.cfg.distance)
-            diffs = self.schedule.takes_differences(step.step_index)
-            for name, value in out.items():
-                if name in shapes and isinstance(value, torch.Tensor) and tuple(value.shape) == shapes[name]:
-                    lad = st["ladders"].setdefault(name, TaylorLadder(self.cfg.order, self.cfg.distance,
-                                                                      self.factor_dtype))  # fmt: skip
-                    lad.update(value - inputs[name], pos, diffs)
-            st["step"] = step.step_index
-            return out
-        st["step"] = step.step_index
-        self.host.stats.add("cache:predicted")
-        pos = step.position(self.cfg.distance)
-        out = dict(args)
-        for name, lad in st["ladders"].items():
-            out[name] = args[name] + lad.predict(pos, args[name].dtype)
-        return {n: out[n] for n in st["ladders"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -424,8 +424,8 @@ def context_parallel_sum(transformer):
 def install_transformer(installed, name: str, transformer, spec, pipe, method, cache_hooks, full_step) -> None:
     """Put the hooks of one installation on ``transformer`` (recorded in ``installed`` so they come off again).
 
-    ``cache_hooks``: ``(module, hook)`` pairs from :func:`accel.caches.cache_hooks`; ``full_step(i, n)``: the shared
-    full-step decision.
+    ``cache_hooks``: ``(module, hook)`` pairs from :func:`accel.hosts.diffusers_cache.cache_hooks`;
+    ``full_step(i, n)``: the shared full-step decision.
     """
     active = installed.ownership.active
     resets = [method.reset] if method is not None else []

@@ -1,6 +1,7 @@
-"""``accel.calibrate``: Sparse-vDiT's offline search for one attention pattern per (layer, head).
+"""Sparse-vDiT's offline search for one attention pattern per (layer, head): the measuring method and the choice.
 
-Dense generations run on a few prompts. At every self-attention call that the preset would make sparse (after the
+:func:`accel.calibration.calibrate` (``accel.calibrate``) runs dense generations on a few prompts with
+:class:`Calibrator` installed. At every self-attention call that the preset would make sparse (after the
 dense warm-up steps and first layers) each candidate pattern's output is compared with the dense output, per head:
 squared L2 errors are accumulated over calls, prompts and guidance branches, per step bucket. A head's error is
 ``sqrt(err_h / (|O|^2 / H))``: its L2 error relative to the mean energy of one head of the layer's output ``O``.
@@ -15,9 +16,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from accel.attention_kernels.sparse_vdit import (
@@ -27,11 +27,11 @@ from accel.attention_kernels.sparse_vdit import (
     stripe_columns,
 )
 
-from ..config import COST_MODELS, AccelConfig, SparseVDiTConfig
+from ..config import SparseVDiTConfig
 from ..state import LayerKey, Stats, StepInfo
 from . import register_method
 from .base import MethodBase, dense_steps, kernel_backend, runs_dense
-from .sparse_vdit import Plan, plan_dir, plan_filename, plan_grid
+from .sparse_vdit import Plan, plan_grid
 
 # Relative cost of one kept block per pattern (flops cost model): permutation and irregular column access cost extra.
 EFFICIENCY = {"full": 1.0, "diagonal": 1.0, "stripe": 1.1, "multidiagonal": 1.15, "skip": 0.0}
@@ -204,84 +204,9 @@ def _measured_costs(cal: Calibrator, layout, device, dtype, backend, repeats: in
     return costs
 
 
-def calibrate(
-    pipe,
-    prompts: str | Sequence[str | dict[str, Any]],
-    *,
-    path: str | None = None,
-    tolerance: float = 0.05,
-    step_buckets: int = 1,
-    cost_model: str = "flops",
-    widths: Iterable[int] | None = None,
-    stripe_blocks: int | None = None,
-    sample_rows: int = 64,
-    dense_step_fraction: float | None = None,
-    dense_layers: int | None = None,
-    block_size: int = 128,
-    backend: str = "auto",
-    **call_kwargs,
-) -> Plan:
-    """Calibrate Sparse-vDiT for ``pipe`` and save the plan (JSON) that ``accelerate(pipe, "sparse-vdit")`` loads.
-
-    ``prompts``: prompt strings, or dicts of pipeline call arguments (e.g. ``prompt_embeds``). ``call_kwargs`` go to
-    every pipeline call and fix what the plan is keyed by: ``height``, ``width``, ``num_frames`` and
-    ``num_inference_steps`` (``output_type`` defaults to ``"latent"``: decoding is not needed). ``path``: where to
-    save (default: the plan directory, see :func:`accel.methods.sparse_vdit.plan_dir`, under a name the preset finds by
-    itself). ``tolerance``: the largest relative L2 error of a head's output a pattern may have. ``step_buckets``:
-    choose patterns separately for this many ranges of the sparse steps. ``cost_model``: ``"flops"`` or
-    ``"measured"``. ``widths``: band half-widths in blocks to try (default: powers of two). ``stripe_blocks``: key
-    blocks a stripe head attends besides its band (default: 1/16 of the blocks). ``dense_step_fraction`` /
-    ``dense_layers``: the warm-up the preset will use (default: the model's). Returns the :class:`Plan`.
-    """
-    from ..api import accelerate, attention_method, disable, is_accelerated
-
-    if is_accelerated(pipe):
-        raise RuntimeError("calibrate() needs the untouched pipeline; call accel.disable(pipe) first")
-    if not 0.0 <= tolerance:
-        raise ValueError(f"tolerance must be >= 0 (a relative L2 error), got {tolerance}")
-    if step_buckets < 1:
-        raise ValueError(f"step_buckets must be >= 1, got {step_buckets}")
-    if cost_model not in COST_MODELS:
-        raise ValueError(f"cost_model must be one of {COST_MODELS}, got {cost_model!r}")
-    if isinstance(prompts, (str, dict)):
-        prompts = [prompts]
-    if not prompts:
-        raise ValueError("calibrate() needs at least one prompt")
-    config = CalibrationConfig(
-        dense_step_fraction=dense_step_fraction,
-        dense_layers=dense_layers,
-        block_size=block_size,
-        backend=backend,
-        widths=tuple(widths) if widths else None,
-        stripe_blocks=stripe_blocks,
-        sample_rows=sample_rows,
-        step_buckets=step_buckets,
-    )
-    accelerate(pipe, AccelConfig(attention=config))
-    cal = attention_method(pipe)
-    try:
-        for i, p in enumerate(prompts):
-            kwargs = {"output_type": "latent", **call_kwargs, **(p if isinstance(p, dict) else {"prompt": p})}
-            kwargs.setdefault("generator", torch.Generator().manual_seed(i))
-            pipe(**kwargs)
-    finally:
-        disable(pipe)
-    if not cal.acc:
-        raise ValueError(
-            "calibration saw no sparse attention call: the run was too short for the dense warm-up "
-            f"(dense_step_fraction={cal.config.dense_step_fraction}, dense_layers={cal.config.dense_layers}) or the "
-            f"sequence has fewer than {cal.config.min_blocks} blocks of {block_size} tokens"
-        )
-    names = [p if isinstance(p, str) else "<call arguments>" for p in prompts]
-    probe = next(pipe.transformer.parameters())
-    plan = _choose(cal, cal.models, tolerance, cost_model, probe, names)
-    out = path if path is not None else plan_dir() / plan_filename(plan.models, plan.layout, plan.num_steps)
-    plan.meta["path"] = str(plan.save(out))
-    return plan
-
-
-def _choose(cal: Calibrator, models, tolerance, cost_model, probe, prompt_names) -> Plan:
-    """The plan from what ``cal`` measured. ``probe``: a tensor on the device/dtype to time kernels with."""
+def choose_plan(cal: Calibrator, models, tolerance, cost_model, probe, prompt_names) -> Plan:
+    """The plan from what ``cal`` measured (:func:`accel.calibration.calibrate` drives the runs). ``probe``: a
+    tensor on the device / dtype to time kernels with."""
     cfg = cal.config
     layout, num_steps = cal.layout, cal.num_steps
     num_blocks = math.ceil(layout.num_tokens / cfg.block_size)
@@ -384,5 +309,5 @@ class LayerSearch:
 
     def choose(self, tolerance: float, cost_model: str = "flops") -> tuple[tuple[HeadPattern, ...], list[float]]:
         """The chosen pattern and its error per head."""
-        plan = _choose(self.cal, {"transformer": {}}, tolerance, cost_model, self.probe, [])
+        plan = choose_plan(self.cal, {"transformer": {}}, tolerance, cost_model, self.probe, [])
         return plan.patterns["transformer"][0][0], plan.meta["head_errors"]["transformer"]["0"][0]

@@ -149,7 +149,8 @@ def test_reduce_sums_the_signal_over_ranks():
         got = []
         for r in (0, 1):
             step = _step(i, full=ranks[r].is_full(i, STEPS))
-            got.append(ranks[r].decide(step, halves[r][i], reduce=lambda t, o=other[1 - r]: t + o))
+            add = other.get(1 - r)  # None before the first full step: decide() then calls no reduce
+            got.append(ranks[r].decide(step, halves[r][i], reduce=lambda t, add=add: t + add))
         assert got == [want[i], want[i]], i
 
 

@@ -11,6 +11,7 @@ import socket
 import pytest
 import torch
 
+from accel.cli import hub as cli_hub
 from accel.cli import main
 from accel.cli import models as cli_models
 
@@ -62,7 +63,7 @@ def test_unreachable_hub_fails_fast_with_the_offline_message(online_settings, mo
         f"cannot load model '{REPO}'",
         "not in the local Hugging Face cache",
         "Hugging Face Hub cannot be reached",
-        f"no answer from huggingface.co:443 within {cli_models.HUB_PROBE_TIMEOUT_S:g} s",
+        f"no answer from huggingface.co:443 within {cli_hub.HUB_PROBE_TIMEOUT_S:g} s",
         f"hf download {REPO}",
         "--model /path/to/folder",
         "--model tiny-random-wan",
@@ -95,7 +96,7 @@ def test_probe_goes_to_the_https_proxy(online_settings, monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", black_hole)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    assert cli_models.hub_unreachable() is not None
+    assert cli_hub.hub_unreachable() is not None
     assert probes == [("proxy.internal", 3128)]
 
 

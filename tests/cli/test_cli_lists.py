@@ -43,10 +43,10 @@ def test_models_lists_embedded_model_and_families(tmp_path):
 def test_readme_models_table_is_the_registries():
     from pathlib import Path
 
-    from accel.cli.models import presets_table
+    from accel.cli.lists import presets_table
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme.split("<!-- presets-table:start -->\n")[1].split("\n<!-- presets-table:end -->")[0]
     assert table == presets_table(), (
-        "regenerate the README table: python -c 'from accel.cli.models import presets_table; print(presets_table())'"
+        "regenerate the README table: python -c 'from accel.cli.lists import presets_table; print(presets_table())'"
     )

@@ -25,6 +25,12 @@ MODULES = (
     "plot",
     "models",
     "errors",
+    "presets",
+    "sizes",
+    "plan_check",
+    "hub",
+    "lists",
+    "compare",
 )
 
 
@@ -92,10 +98,10 @@ def test_gpu_session_script_is_valid_bash():
 def test_bench_pipeline_runs_on_the_cli_harness(tmp_path, monkeypatch, capsys):
     """benchmarks/bench_pipeline.py keeps its flags and result files, and its numbers come from the CLI runner."""
     import benchmarks.common as common
-    from accel.cli import runner
+    from accel.cli import compare, runner
     from benchmarks import bench_pipeline
 
-    assert bench_pipeline.compare is runner.compare and bench_pipeline.load is runner.load
+    assert bench_pipeline.compare is compare.compare and bench_pipeline.load is runner.load
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     flags = "--device cpu --presets radial --frames 9 --height 64 --width 128 --steps 2 --layers 2 --heads 2"
     flags += " --head-dim 16 --repeats 1 --tag test"

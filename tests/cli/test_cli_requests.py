@@ -198,7 +198,7 @@ def test_missing_plan_of_a_local_folder(wan_folder, no_loading, capsys):
 
 
 def test_plan_of_another_step_count_is_named(no_loading, capsys, tmp_path):
-    from accel.cli.request import token_grid
+    from accel.cli.sizes import token_grid
     from accel.methods.sparse_vdit import plan_filename
 
     source = resolve_model("tiny-random-wan")
