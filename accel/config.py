@@ -259,20 +259,21 @@ class TaylorSeerConfig:
       steps past ``warmup_steps - 2`` on, as in TaylorSeer.
     - ``warmup_steps``: leading steps always computed (TaylorSeer's first_enhance E; Wan: 1).
     - ``final_full_steps``: trailing steps always computed.
-    - ``distance``: what the differences are taken over: ``"sigma"`` (default; falls back to timestep, then step
-      index, when a pipeline does not expose sigmas), ``"timestep"``, or ``"step"`` (TaylorSeer's original
-      step-index expansion).
+    - ``distance``: what the differences are taken over: ``"sigma"`` (the generic default; falls back to timestep,
+      then step index, when a pipeline does not expose sigmas), ``"timestep"``, or ``"step"`` (TaylorSeer's original
+      step-index expansion; Wan's adaptive default).
     - ``factor_dtype``: storage dtype of the cached factors (None: the module's output dtype).
     - ``lite``: cache one residual of the whole block stack instead of every module (memory: one tensor per order).
-    - ``threshold``: ``"auto"`` (default) takes the model's tuned value (Wan: 0.2; families without one keep the
+    - ``threshold``: ``"auto"`` (default) takes the model's tuned value (Wan: 0.24; families without one keep the
       fixed schedule), None keeps the fixed schedule above. A number makes it adaptive
       (:mod:`accel.caches.adaptive`): the first ``probe_blocks`` blocks run on every step, and the rest of a step runs
       in full only when the probe's ``signal`` exceeds ``threshold``; ``interval`` then bounds the gap between full
       steps (at most ``interval - 1`` predicted steps in a row). Warm-up, final and attention-required steps stay
       full. Decided per guidance branch, identically on every context-parallel rank. An adaptive schedule takes
-      unset fields from the model's adaptive defaults first (Wan: ``warmup_steps=4``), then its published ones.
-    - ``signal``: ``"forecast"`` (relative L1 error of the probe's own Taylor forecast) or ``"change"`` (relative L1
-      change of the probe since the last full step, FirstBlockCache / DBCache style).
+      unset fields from the model's adaptive defaults first (Wan: 8 warm-up steps, differences over step index), then
+      its published ones.
+    - ``signal``: ``"change"`` (default: relative L1 change of the probe since the last full step, FirstBlockCache /
+      DBCache style) or ``"forecast"`` (relative L1 error of the probe's own Taylor forecast).
     - ``probe_blocks``: how many leading blocks always run to give the probe (their modules are never cached).
     """
 
@@ -280,11 +281,11 @@ class TaylorSeerConfig:
     order: int | None = None
     warmup_steps: int | None = None
     final_full_steps: int = 0
-    distance: str = "sigma"
+    distance: str | None = None
     factor_dtype: str | None = None
     lite: bool = False
     threshold: float | str | None = "auto"
-    signal: str = "forecast"
+    signal: str = "change"
     probe_blocks: int = 1
 
     method = "taylorseer"
@@ -296,7 +297,10 @@ class TaylorSeerConfig:
         _check(self.order is None or self.order >= 0, f"order must be >= 0, got {self.order}")
         _check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0")
         _check(self.final_full_steps >= 0, "final_full_steps must be >= 0")
-        _check(self.distance in DISTANCES, f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        _check(
+            self.distance is None or self.distance in DISTANCES,
+            f"distance must be one of {DISTANCES}, got {self.distance!r}",
+        )
         _check(self.factor_dtype in FACTOR_DTYPES, f"factor_dtype must be one of {FACTOR_DTYPES}")
         _check(
             self.threshold is None
@@ -316,7 +320,7 @@ class TaylorSeerConfig:
         if threshold is not None:
             published = {**published, **adaptive}
         cfg = dataclasses.replace(self, threshold=threshold)
-        return _fill_unset(cfg, published, {"interval": 5, "order": 1, "warmup_steps": 1})
+        return _fill_unset(cfg, published, {"interval": 5, "order": 1, "warmup_steps": 1, "distance": "sigma"})
 
 
 ATTENTION_CONFIGS: dict[str, type] = {

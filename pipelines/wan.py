@@ -41,8 +41,10 @@ def wan_defaults(pipe) -> dict:
     # TaylorSeer-Wan2.1: fresh_threshold 5, max_order 1, first_enhance 1.
     # Adaptive schedule (the preset's default; threshold=None keeps the published fixed one above): chosen from the
     # caching front measured on the embedded Wan model against cache-dit, diffusers' FirstBlockCache / MagCache /
-    # TaylorSeer (benchmarks/results/cache_front_embedded_cpu.md): warm-up 4 steps, relative forecast error 0.2.
-    taylorseer = {"interval": 5, "order": 1, "warmup_steps": 1, "adaptive": {"threshold": 0.2, "warmup_steps": 4}}
+    # TaylorSeer (benchmarks/results/cache_front_embedded_cpu.md, docs/adaptive-caching.md): 8 warm-up steps, the
+    # first block's residual change against 0.24, differences over step index.
+    adaptive = {"threshold": 0.24, "warmup_steps": 8, "distance": "step"}
+    taylorseer = {"interval": 5, "order": 1, "warmup_steps": 1, "adaptive": adaptive}
     return {"radial": radial, "draft": draft, "taylorseer": taylorseer}
 
 

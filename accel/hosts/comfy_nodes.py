@@ -44,7 +44,7 @@ TOOLTIPS = {
     "cache_interval": "TaylorSeer: a full step every N steps, predicted in between (0 = the model's value); "
     "with a threshold, the longest gap between full steps.",
     "threshold": "TaylorSeer: adaptive schedule, a step runs in full when the first block's forecast error exceeds "
-    "this (-1 = the model's value: Wan 0.2, others fixed; 0 = the fixed cache_interval schedule).",
+    "this (-1 = the model's value: Wan 0.24, others fixed; 0 = the fixed cache_interval schedule).",
     "plan_file": "Sparse-vDiT: path of the calibration plan (JSON) for this model, resolution, frames and steps.",
     "expert": "Wan 2.2 A14B: which expert this model is (its published settings and per-layer state differ).",
     "backend": "Sparse kernel: auto (the fastest in this device's measured table: Triton on CUDA, sdpa on CPU), "
