@@ -186,7 +186,7 @@ COGVIDEOX = register_spec(
         # The attention output (video, text) and the feed-forward output over [text, video] of each block.
         cache_module_patterns=(r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"),
         # No cache_block_patterns: CogVideoXBlock returns (hidden_states, encoder_hidden_states), not hidden_states,
-        # which lite caching (caches/taylorseer.py LiteBlockHook) does not handle.
+        # which lite caching (accel/hosts/diffusers_cache.py LiteBlockHook) does not handle.
         defaults=cogvideox_defaults,
         spatial_multiple=16,  # VAE 8x spatial compression x patch size 2
         frame_multiple=4,  # VAE 4x temporal compression: 4k+1 frames (49 for 1.0, 81 for 1.5)

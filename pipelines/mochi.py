@@ -137,7 +137,7 @@ MOCHI = register_spec(
             r"transformer_blocks\.\d+\.ff_context",
         ),  # fmt: skip
         # No cache_block_patterns: MochiTransformerBlock returns (hidden_states, encoder_hidden_states), not
-        # hidden_states, which lite caching (caches/taylorseer.py LiteBlockHook) does not handle.
+        # hidden_states, which lite caching (accel/hosts/diffusers_cache.py LiteBlockHook) does not handle.
         defaults=mochi_defaults,
         spatial_multiple=16,  # VAE 8x spatial compression x patch size 2
         frame_multiple=6,  # VAE 6x temporal compression: 6k+1 frames (163 = 28 latent frames)
