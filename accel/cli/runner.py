@@ -327,7 +327,8 @@ def run_pipeline(pipe, request: Request, prompt: str, *, progress: bool, desc: s
 
 def attention_text(stats: dict[str, Any] | None) -> str:
     """One phrase from accel.stats: '32 sparse, 48 dense, 0 fallback attention calls (mean sparse density 0.88)',
-    plus cache outcomes ('cache: 24 computed, 12 predicted') when a feature cache is installed."""
+    plus cache outcomes ('cache: 24 computed, 12 predicted' module calls; an adaptive schedule also says how many
+    forwards it predicted) when a feature cache is installed."""
     if stats is None:
         return "dense attention (no acceleration)"
     parts = []
@@ -337,8 +338,11 @@ def attention_text(stats: dict[str, Any] | None) -> str:
             text += f" (mean sparse density {stats['mean_sparse_density']:.2f})"
         parts.append(text)
     cache = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("cache:") and isinstance(v, int)}
-    if cache:
-        parts.append("cache: " + ", ".join(f"{v} {k}" for k, v in cache.items()))
+    full, skipped = cache.pop("full_steps", 0), cache.pop("predicted_steps", 0)
+    words = [f"adaptive, {skipped} of {full + skipped} forwards predicted"] if full or skipped else []
+    words += [f"{v} {k}" for k, v in cache.items()]  # module calls computed / predicted
+    if words:
+        parts.append("cache: " + ", ".join(words))
     return "; ".join(parts) or "no attention calls recorded"
 
 

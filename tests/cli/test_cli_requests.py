@@ -286,3 +286,11 @@ def test_compile_notice_when_a_kernel_compiles(tmp_path):
     dense = run_cli("a fox", *GRID, "--set", "max_density=0.2", "--device", "cpu", "-o", "b.mp4", cwd=tmp_path)
     assert dense.returncode == 0, dense.stderr
     assert cli_render.COMPILE_NOTICE not in dense.stderr and "| 0 sparse," in dense.stdout
+
+
+def test_summary_says_what_the_adaptive_cache_predicted():
+    from accel.cli.runner import attention_text
+
+    adaptive = {"cache:full_steps": 24, "cache:computed": 216, "cache:predicted_steps": 16, "cache:predicted": 144}
+    assert attention_text(adaptive) == "cache: adaptive, 16 of 40 forwards predicted, 216 computed, 144 predicted"
+    assert attention_text({"cache:computed": 6, "cache:predicted": 3}) == "cache: 6 computed, 3 predicted"
