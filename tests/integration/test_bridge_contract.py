@@ -161,6 +161,10 @@ def test_context_parallel_internals():
     assert "H_LOCAL = (H + H_PAD) // world_size" in anything
     fields = {f.name for f in dataclasses.fields(ContextParallelConfig)}
     assert {"ulysses_degree", "ring_degree", "_ulysses_local_rank"} <= fields
+    # context_parallel_group (the adaptive cache's rank sum): the mesh over every rank that splits the sequence
+    assert {"_world_size", "_flattened_mesh"} <= fields
+    assert "self._flattened_mesh = " in inspect.getsource(ContextParallelConfig.setup)
+    assert bridge.context_parallel_group(torch.nn.Linear(1, 1)) is None  # no parallelism: no group
     # hook names of apply_context_parallel, and the registry order add_hook reorders
     assert context_parallel._CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE.format("x").startswith(bridge.CP_HOOK_PREFIXES)
     assert context_parallel._CONTEXT_PARALLEL_OUTPUT_HOOK_TEMPLATE.format("x").startswith(bridge.CP_HOOK_PREFIXES)
