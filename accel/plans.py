@@ -7,8 +7,6 @@ from pathlib import Path
 
 from .methods import sparse_vdit as _sv
 
-Plan = _sv.Plan
-
 
 def plan_dir() -> Path:
     """The folder ``accelerate(pipe, "sparse-vdit")`` and ``calibrate`` use (``$ACCEL_PLAN_DIR`` or the default)."""

@@ -99,10 +99,9 @@ class Stats:
     cache_steps: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     def cache_step(self, branch: str, step: int, full: bool) -> None:
-        """Count one adaptive cache decision (``cache:full_steps`` / ``cache:predicted_steps``) and log it."""
-        kind = "full" if full else "predicted"
-        self.counts[f"cache:{kind}_steps"] += 1
-        self.cache_steps.setdefault(branch, {"full": [], "predicted": []})[kind].append(step)
+        """Log one adaptive cache decision (reported as ``cache_steps`` and counted as ``cache:full_steps`` /
+        ``cache:predicted_steps``)."""
+        self.cache_steps.setdefault(branch, {"full": [], "predicted": []})["full" if full else "predicted"].append(step)
 
     def add(self, outcome: str, reason: str = "", density: float | None = None) -> None:
         self.counts[outcome] += 1
@@ -119,6 +118,10 @@ class Stats:
             d["efficiency"] = {k: dict(v) for k, v in self.tables.items()}
         if self.cache_steps:
             d["cache_steps"] = {k: {n: list(v) for n, v in s.items()} for k, s in self.cache_steps.items()}
+            for kind in ("full", "predicted"):
+                count = sum(len(s[kind]) for s in self.cache_steps.values())
+                if count:
+                    d[f"cache:{kind}_steps"] = count
         return d
 
     def reset(self) -> None:

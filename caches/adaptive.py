@@ -33,12 +33,10 @@ class _BranchProbe:
     """One guidance branch: the probe's ladder and this generation's decisions."""
 
     def __init__(self, ladder: TaylorLadder):
-        self.ladder = ladder
-        self.shape: tuple | None = None
+        self.ladder = ladder  # factors[0]: the probe at the last full step
         self.predicted_run = 0  # predicted steps since the last full one
         self.step: int | None = None  # the step decided last, and its decision
         self.full = True
-        self.signals: list[tuple[int, float | None, bool]] = []  # (step, signal, full) of this generation
 
 
 class AdaptiveSchedule(CacheSchedule):
@@ -62,11 +60,7 @@ class AdaptiveSchedule(CacheSchedule):
     adaptive = True
 
     def is_full(self, step_index: int, num_steps: int | None) -> bool:
-        if step_index < self.warmup_steps:
-            return True
-        if num_steps is not None and step_index >= num_steps - self.final_full_steps:
-            return True
-        return self.force_full is not None and bool(self.force_full(step_index, num_steps))
+        return self.forced(step_index, num_steps)
 
     def reset(self) -> None:
         self.branches.clear()
@@ -92,21 +86,17 @@ class AdaptiveSchedule(CacheSchedule):
         st = self._branch(step)
         if st.step == step.step_index:
             return st.full
-        shape = tuple(probe.shape)
-        signal = None
-        if step.full or not st.ladder.factors or st.shape != shape or st.predicted_run >= self.interval - 1:
+        factors = st.ladder.factors
+        if step.full or not factors or factors[0].shape != probe.shape or st.predicted_run >= self.interval - 1:
             full = True
         else:
-            signal = self._signal(st, step, probe, reduce)
-            full = signal > self.threshold
+            full = self._signal(st, step, probe, reduce) > self.threshold
         if full:
             st.ladder.update(probe.float(), step.position(self.distance), self.takes_differences(step.step_index))
-            st.shape = shape
             st.predicted_run = 0
         else:
             st.predicted_run += 1
         st.step, st.full = step.step_index, full
-        st.signals.append((step.step_index, signal, full))
         if self.record is not None:
             self.record(f"{step.transformer}/{step.branch}", step.step_index, full)
         return full

@@ -83,14 +83,16 @@ class CacheSchedule:
         self.final_full_steps = final_full_steps
         self.force_full = force_full
 
-    def is_full(self, step_index: int, num_steps: int | None) -> bool:
+    def forced(self, step_index: int, num_steps: int | None) -> bool:
+        """Full whatever else decides: warm-up steps, final steps, and the steps ``force_full`` names."""
         if step_index < self.warmup_steps:
             return True
         if num_steps is not None and step_index >= num_steps - self.final_full_steps:
             return True
-        if self.force_full is not None and self.force_full(step_index, num_steps):
-            return True
-        return (step_index - (self.warmup_steps - 1)) % self.interval == 0
+        return self.force_full is not None and bool(self.force_full(step_index, num_steps))
+
+    def is_full(self, step_index: int, num_steps: int | None) -> bool:
+        return self.forced(step_index, num_steps) or (step_index - (self.warmup_steps - 1)) % self.interval == 0
 
     adaptive = False
 

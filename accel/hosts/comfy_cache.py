@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..caches import TaylorLadder, cache_schedule
 from ..config import torch_dtype
 from ..errors import ConfigError
 from ..state import StepInfo
@@ -28,8 +29,6 @@ class BlockCache:
     """
 
     def __init__(self, host, cfg, force_full, current_forward: Callable[[], Any]):
-        from accel.caches import cache_schedule
-
         if cfg.lite:
             raise ConfigError("TaylorSeer lite mode is not available in ComfyUI yet; use lite=False")
         self.host = host  # the ComfyHost: its counters, and which forwards are its own
@@ -83,8 +82,6 @@ class BlockCache:
         return out
 
     def _block(self, step: StepInfo, block, args: dict, run) -> dict:
-        from accel.caches.taylorseer import TaylorLadder
-
         key = (step.branch, block)
         st = self.states.get(key)
         if st is not None and st["step"] is not None and step.step_index < st["step"]:

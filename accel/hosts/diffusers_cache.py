@@ -30,6 +30,12 @@ def _flatten(out) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], An
     raise TypeError(f"TaylorSeer can cache tensor or tuple-of-tensor outputs, got {type(out).__name__}")
 
 
+def stack_position(i: int, n: int) -> str:
+    """Where block ``i`` of a stack of ``n`` sits: "only", "first", "middle" or "last" (the first block records the
+    stack's input, the last one turns its output into the stack's residual)."""
+    return "only" if n == 1 else "first" if i == 0 else "last" if i == n - 1 else "middle"
+
+
 class TaylorState(BaseState):
     def __init__(self, meter: MemoryMeter | None = None):
         self.meter = meter
@@ -210,8 +216,9 @@ class LiteBlockHook(_CacheHookBase):
 
 class ProbeHook(ModelHook):
     """Adaptive schedule (:class:`accel.caches.adaptive.AdaptiveSchedule`): the probe blocks always run; the first
-    (``role`` "start" or "only") records its ``hidden_states`` input, the last ("end" or "only") hands the residual
-    ``output - input`` of that stream to the schedule, which decides the rest of the step before the next block.
+    (``position`` "first" or "only", :func:`stack_position`) records its ``hidden_states`` input, the last ("last" or
+    "only") hands the residual ``output - input`` of that stream to the schedule, which decides the rest of the step
+    before the next block.
 
     ``reduce``: sums a small tensor over the context-parallel ranks (identity without parallelism), so that every
     rank decides from the whole sequence.
@@ -219,20 +226,19 @@ class ProbeHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, schedule, step_source, role: str, slot: dict, reduce=None):
+    def __init__(self, schedule, step_source, position: str, slot: dict, reduce=None):
         super().__init__()
         self.schedule = schedule
         self.step_source = step_source
-        self.role = role
-        self.slot = slot  # shared by the start and end hooks of one transformer
+        self.position = position
+        self.slot = slot  # shared by the first and last probe hooks of one transformer
         self.reduce = reduce
-        self.state_manager = StateManager(TaylorState)  # unused: makes diffusers reset this hook after each call
 
     @torch.compiler.disable(recursive=False)  # a compiler boundary, as TaylorSeerHook.new_forward
     def new_forward(self, module, *args, **kwargs):
         step = self._begin(args, kwargs)
         out = self.fn_ref.original_forward(*args, **kwargs)
-        if step is not None and self.role in ("end", "only"):
+        if step is not None and self.position in ("last", "only"):
             self._decide(step, out)
         return out
 
@@ -241,7 +247,7 @@ class ProbeHook(ModelHook):
         step = self.step_source()
         if step is None:
             return None
-        if self.role in ("start", "only"):
+        if self.position in ("first", "only"):
             hs = args[0] if args else kwargs.get("hidden_states")
             self.slot["input"] = hs if isinstance(hs, torch.Tensor) else None
         return step
@@ -289,9 +295,9 @@ def cache_hooks(transformer, spec, cfg, schedule: CacheSchedule, *, step_source,
         probe, blocks = blocks[:n], blocks[n:]
         slot: dict = {}
         for i, block in enumerate(probe):
-            role = "only" if n == 1 else "start" if i == 0 else "end" if i == n - 1 else None
-            if role is not None:
-                hooks.append((block, ProbeHook(schedule, step_source, role, slot, reduce)))
+            position = stack_position(i, n)
+            if position != "middle":  # middle probe blocks just run
+                hooks.append((block, ProbeHook(schedule, step_source, position, slot, reduce)))
     if not cfg.lite:
         inside_probe = {id(m) for b in probe for m in b.modules()}
         targets = [(n, m) for n, m in modules_matching(transformer, spec.cache_module_patterns)
@@ -307,6 +313,6 @@ def cache_hooks(transformer, spec, cfg, schedule: CacheSchedule, *, step_source,
         )
     shared = StateManager(TaylorState, init_kwargs={"meter": meter})
     for i, block in enumerate(blocks):
-        pos = "only" if len(blocks) == 1 else "first" if i == 0 else "last" if i == len(blocks) - 1 else "middle"
-        hooks.append((block, LiteBlockHook(cfg, schedule, step_source, count, meter, pos, shared)))
+        position = stack_position(i, len(blocks))
+        hooks.append((block, LiteBlockHook(cfg, schedule, step_source, count, meter, position, shared)))
     return hooks
