@@ -13,8 +13,6 @@ from typing import Any
 from .request import Request
 from .runner import apply_preset, compile_denoisers, config_dict, config_text, run_pipeline, uncompile_denoisers
 
-# ------------------------------------------------------------------------------------------- dense vs presets
-
 
 class PeakMemory:
     """Per-run peak memory: CUDA allocator peak, or the process's peak RSS on CPU.

@@ -10,8 +10,6 @@ from .errors import EXIT_FAILURE, PROG, CLIError
 from .models import ModelSource, default_model
 from .sizes import grid_text, runs_all_dense, token_grid
 
-# ------------------------------------------------------------------------------------------- calibration plans
-
 
 def _calibrate_command(source: ModelSource, request_flags: list[str], overrides: dict[str, Any]) -> str:
     words = [PROG, "calibrate"]

@@ -10,8 +10,6 @@ from typing import Any
 
 from .errors import PROG, CLIError
 
-# ------------------------------------------------------------------------------------------- presets and --set
-
 
 def check_preset_name(preset: str) -> None:
     """Raise CLIError unless every '+' part of ``preset`` is a preset; the message lists them."""

@@ -19,7 +19,6 @@ from .models import ModelSource, resolve_model
 from .parser import DTYPES
 from .plan_check import check_plan
 from .presets import check_preset, is_dense, preset_overrides
-from .sizes import _check_multiple
 
 FALLBACK_FPS = 16
 
@@ -150,6 +149,14 @@ def with_default_preset(args: argparse.Namespace, attr: str) -> None:
     args.model = source
     preset = default_preset(source.spec)
     setattr(args, attr, preset if attr == "preset" else [preset])
+
+
+def _check_multiple(flag: str, value: int | None, multiple: int, family: str) -> None:
+    if value is None or multiple <= 1 or value % multiple == 0:
+        return
+    lo = value // multiple * multiple
+    options = f"{lo} or {lo + multiple}" if lo > 0 else f"{multiple}"
+    raise CLIError(f"{flag} {value} is not a multiple of {multiple}, which {family} models need: use {options}")
 
 
 def build_request(

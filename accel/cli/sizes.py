@@ -3,18 +3,6 @@ it."""
 
 from __future__ import annotations
 
-from .errors import CLIError
-
-# -------------------------------------------------------------------------------------------------- sizes
-
-
-def _check_multiple(flag: str, value: int | None, multiple: int, family: str) -> None:
-    if value is None or multiple <= 1 or value % multiple == 0:
-        return
-    lo = value // multiple * multiple
-    options = f"{lo} or {lo + multiple}" if lo > 0 else f"{multiple}"
-    raise CLIError(f"{flag} {value} is not a multiple of {multiple}, which {family} models need: use {options}")
-
 
 def token_grid(spec, is_video: bool, frames: int | None, height: int | None, width: int | None):
     """The self-attention ``TokenLayout`` of a request in pixels and frames (from the size rules: a ModelSpec or
