@@ -15,7 +15,8 @@ import torch
 from .api import accelerate, attention_method, disable, is_accelerated
 from .config import COST_MODELS, AccelConfig
 from .methods.calibration import CalibrationConfig, choose_plan
-from .methods.sparse_vdit import Plan, plan_dir, plan_filename
+from .methods.sparse_vdit import Plan
+from .plans import plan_path
 
 
 def calibrate(
@@ -40,7 +41,7 @@ def calibrate(
     ``prompts``: prompt strings, or dicts of pipeline call arguments (e.g. ``prompt_embeds``). ``call_kwargs`` go to
     every pipeline call and fix what the plan is keyed by: ``height``, ``width``, ``num_frames`` and
     ``num_inference_steps`` (``output_type`` defaults to ``"latent"``: decoding is not needed). ``path``: where to
-    save (default: the plan directory, see :func:`accel.methods.sparse_vdit.plan_dir`, under a name the preset finds by
+    save (default: the plan directory, see :func:`accel.plans.plan_dir`, under a name the preset finds by
     itself). ``tolerance``: the largest relative L2 error of a head's output a pattern may have. ``step_buckets``:
     choose patterns separately for this many ranges of the sparse steps. ``cost_model``: ``"flops"`` or
     ``"measured"``. ``widths``: band half-widths in blocks to try (default: powers of two). ``stripe_blocks``: key
@@ -87,6 +88,6 @@ def calibrate(
     names = [p if isinstance(p, str) else "<call arguments>" for p in prompts]
     probe = next(pipe.transformer.parameters())
     plan = choose_plan(cal, cal.models, tolerance, cost_model, probe, names)
-    out = path if path is not None else plan_dir() / plan_filename(plan.models, plan.layout, plan.num_steps)
+    out = path if path is not None else plan_path(plan.models, plan.layout, plan.num_steps)
     plan.meta["path"] = str(plan.save(out))
     return plan
